@@ -1,0 +1,26 @@
+"""Entry point: the persistent-agent node, serving PersistentAgent at storage@fame.fabric."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from naylence.agent import configs
+
+from persistent_agent import AGENT_ADDR, node
+from persistent_agent.agent import PersistentAgent
+
+
+async def _main() -> None:
+    async def start(fabric: Any) -> None:
+        await fabric.serve(PersistentAgent(), AGENT_ADDR)
+
+    await node.serve(start, configs.NODE_CONFIG)
+
+
+def main() -> None:
+    sys.exit(node.run("persistent-agent", _main))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""persistent-agent-admin: the operator CLI behind the Makefile's targets.
+
+Each subcommand is a few lines over a library function; every error is one
+line on stderr and exit code 2. Nothing here prints the master key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from persistent_agent import config_files
+from persistent_agent.errors import PersistentAgentError
+from persistent_agent.local_nodes import LocalNodeError, LocalNodes
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[Handler, str, str]] = {}
+
+
+def command(name: str, example: str) -> Callable[[Handler], Handler]:
+    """Register a subcommand; its docstring's first line is its help."""
+
+    def register(fn: Handler) -> Handler:
+        _COMMANDS[name] = (fn, (fn.__doc__ or "").strip(), example)
+        return fn
+
+    return register
+
+
+def _nodes(args: argparse.Namespace) -> LocalNodes:
+    return LocalNodes(args.config_dir, args.data_dir, args.run_dir, port=args.port)
+
+
+@command("init", "persistent-agent-admin init            # keeps an existing key")
+def _init(args: argparse.Namespace) -> int:
+    """Write config/.env.* from the templates with a 256-bit master key; keep an existing key."""
+    result = config_files.init(args.config_dir, args.data_dir, new_key=args.new_key)
+    files = ", ".join(str(p) for p in result.written)
+    print(f"init: master key {result.key_source}; "
+          + (f"wrote {files}" if files else "config files already in place"))
+    return 0
+
+
+@command("local-start", "persistent-agent-admin local-start --port 8000")
+def _local_start(args: argparse.Namespace) -> int:
+    """Start the sentinel and the agent as local background processes."""
+    nodes = _nodes(args)
+    nodes.start_all()
+    print(f"local: sentinel on 127.0.0.1:{args.port} and persistent-agent are up "
+          f"(logs in {args.run_dir})")
+    return 0
+
+
+@command("local-stop", "persistent-agent-admin local-stop")
+def _local_stop(args: argparse.Namespace) -> int:
+    """Stop the local processes that local-start started (and nothing else)."""
+    stopped = _nodes(args).stop_all()
+    print(f"local: stopped {', '.join(stopped) if stopped else 'nothing (not running)'}")
+    return 0
+
+
+@command("local-status", "persistent-agent-admin local-status")
+def _local_status(args: argparse.Namespace) -> int:
+    """Show whether the local sentinel and agent run; exit 1 if either does not."""
+    nodes = _nodes(args)
+    up = True
+    for role in ("sentinel", "agent"):
+        pid = nodes.pid(role)
+        up = up and pid is not None
+        print(f"{role}: {'running, pid ' + str(pid) if pid else 'stopped'}")
+    return 0 if up else 1
+
+
+@command("local-run", "persistent-agent-admin local-run --verbose")
+def _local_run(args: argparse.Namespace) -> int:
+    """Run the client against the local sentinel (--verbose shows envelopes)."""
+    argv, env = _nodes(args).client_command(verbose=args.verbose)
+    os.execve(argv[0], argv, env)  # noqa: S606 - replace this process with the client
+    return 0  # pragma: no cover - execve does not return
+
+
+@command("demo", "persistent-agent-admin demo")
+def _demo(args: argparse.Namespace) -> int:
+    """Start locally, run the client, restart the agent, run it again, stop."""
+    nodes = _nodes(args)
+    argv, env = nodes.client_command()
+
+    def client_run(title: str) -> str:
+        print(f"== {title}", flush=True)
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        sys.stdout.write(result.stdout)
+        if result.returncode != 0:
+            raise LocalNodeError(result.stderr.strip().splitlines()[-1])
+        return result.stdout
+
+    try:
+        print(f"== starting sentinel (127.0.0.1:{args.port}) and persistent-agent", flush=True)
+        nodes.start_all()
+        first = client_run("client run 1")
+        print("== restarting persistent-agent", flush=True)
+        nodes.stop("agent")
+        nodes.start("agent")
+        second = client_run("client run 2")
+    finally:
+        print(f"== stopping: {', '.join(nodes.stop_all()) or 'nothing running'}")
+    stored = first.splitlines()[-1].removeprefix("Updated state: ")
+    previous = second.splitlines()[0].removeprefix("Previous state: ")
+    if previous != stored:
+        print(f"demo: value NOT persisted: stored {stored}, read back {previous}")
+        return 1
+    print(f"demo: the value stored before the restart, {stored}, was read back after it")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="persistent-agent-admin",
+        description="Operator tools for the persistent-agent demo.",
+    )
+    parser.add_argument("--config-dir", type=Path, default=Path("config"))
+    parser.add_argument("--data-dir", type=Path, default=Path("data"))
+    parser.add_argument("--run-dir", type=Path, default=Path("run"))
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("SENTINEL_PORT", "8000")),
+        help="sentinel port for the local-* commands (default: $SENTINEL_PORT or 8000)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (fn, doc, example) in _COMMANDS.items():
+        p = sub.add_parser(
+            name, help=doc, description=doc, epilog=f"Example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(handler=fn)
+        if name == "init":
+            p.add_argument(
+                "--new-key", action="store_true",
+                help="replace the key (refused while encrypted databases exist)",
+            )
+        if name == "local-run":
+            p.add_argument("--verbose", action="store_true", help="show envelopes")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except PersistentAgentError as error:
+        print(f"{args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

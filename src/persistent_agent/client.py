@@ -1,0 +1,87 @@
+"""The client side of the demo: call the agent through the sentinel, patiently.
+
+Prints the seed's two lines, ``Previous state: …`` and ``Updated state: …``,
+with the state as compact JSON (``null`` before anything was stored). While
+the sentinel is unreachable or the agent not yet attached it retries, but only
+until a deadline, then says so in one line: it never hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from persistent_agent import AGENT_ADDR
+from persistent_agent.errors import ServiceUnavailableError
+
+TIMEOUT_VAR = "CLIENT_TIMEOUT_SECONDS"
+DEFAULT_TIMEOUT = 30.0
+_RETRY_PAUSE = 0.5
+
+
+def format_state(state: Any) -> str:
+    """``null`` when no value is stored yet, else ``{"value":"…"}``.
+
+    Only ``value`` is shown, as in the seed, whatever else the state carries.
+    """
+    if not isinstance(state, dict) or state.get("value") is None:
+        return "null"
+    return json.dumps({"value": state["value"]}, separators=(",", ":"), ensure_ascii=False)
+
+
+def now_millis() -> str:
+    return str(int(time.time() * 1000))
+
+
+def timeout_seconds() -> float:
+    raw = os.environ.get(TIMEOUT_VAR, "")
+    try:
+        return float(raw) if raw else DEFAULT_TIMEOUT
+    except ValueError:
+        raise ServiceUnavailableError(f"{TIMEOUT_VAR} must be a number of seconds") from None
+
+
+async def _session(call: Callable[[Any], Any], deadline: float) -> Any:
+    from naylence.agent import Agent, configs
+    from naylence.fame.core import FameFabric
+
+    async with FameFabric.create(root_config=configs.CLIENT_CONFIG):
+        agent = Agent.remote_by_address(AGENT_ADDR)
+        return await asyncio.wait_for(call(agent), max(deadline - time.monotonic(), 0.1))
+
+
+async def run(value: str | None = None, out: Callable[[str], None] = print) -> None:
+    """Retrieve the previous state, store *value* (default: now in ms), print both."""
+    timeout = timeout_seconds()
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+
+    async def exchange(agent: Any) -> None:
+        previous = await agent.retrieve_value()
+        out(f"Previous state: {format_state(previous)}")
+        updated = await agent.store_value(value if value is not None else now_millis())
+        out(f"Updated state: {format_state(updated)}")
+
+    from naylence.fame.errors.errors import FameConnectError, FameTransportClose
+
+    while time.monotonic() < deadline:
+        try:
+            await asyncio.wait_for(_session(exchange, deadline), deadline - time.monotonic())
+            return
+        except (Exception, FameConnectError, FameTransportClose) as exc:
+            # An unreachable sentinel raises FameConnectError (a BaseException
+            # in the runtime); an agent that is not attached yet answers
+            # "Envelope nacked: Unroutable" as a RuntimeError. Both pass.
+            last_error = exc
+        await asyncio.sleep(min(_RETRY_PAUSE, max(deadline - time.monotonic(), 0)))
+
+    url = os.environ.get("FAME_DIRECT_ADMISSION_URL", "<FAME_DIRECT_ADMISSION_URL not set>")
+    reason = f"{type(last_error).__name__}: {last_error}"[:240] if last_error else "no answer"
+    raise ServiceUnavailableError(
+        f"no answer from {AGENT_ADDR} via {url} within {timeout:g}s ({reason}); "
+        "is the sentinel running and the agent attached? (make status / make logs)"
+    )

@@ -1,0 +1,164 @@
+"""One SQLCipher database file: naming, opening with a key, and the kv table.
+
+The storage provider and every operator tool (verify, inspect, rotate, backup)
+open files through here, so there is exactly one place that decides how a key
+is applied, what a wrong key looks like, and which pragmas a connection gets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlcipher3.dbapi2 as sqlcipher
+
+from persistent_agent.errors import DatabaseDamagedError, StorageDirectoryError, WrongKeyError
+
+DB_SUFFIX = "_encrypted_value.db"
+SIDECAR_SUFFIXES = ("-wal", "-shm")
+TABLE = "kv"
+SCHEMA_VERSION = 1
+
+Synchronous = Literal["NORMAL", "FULL"]
+
+_SAFE_NAMESPACE = re.compile(r"[^A-Za-z0-9._-]+")
+# SQLCipher's "file is not a database" is how both a wrong key and a damaged
+# first page look: the HMAC of page 1 does not verify, so nothing is readable.
+_UNREADABLE = ("file is not a database", "file is encrypted")
+_DAMAGED = ("malformed", "hmac check failed", "corrupt")
+
+
+def file_name(namespace: str) -> str:
+    """The file name for *namespace*: ``<namespace>_encrypted_value.db``.
+
+    Characters outside ``[A-Za-z0-9._-]`` become ``_``; when that changes the
+    name, a short hash of the original keeps two namespaces from colliding.
+    """
+    safe = _SAFE_NAMESPACE.sub("_", namespace)[:120] or "ns"
+    if safe != namespace:
+        safe += "-" + hashlib.sha256(namespace.encode("utf-8")).hexdigest()[:8]
+    return safe + DB_SUFFIX
+
+
+def namespace_of(path: Path) -> str:
+    """The (sanitised) namespace a database file belongs to."""
+    return path.name.removesuffix(DB_SUFFIX)
+
+
+def database_files(directory: Path) -> list[Path]:
+    """Every encrypted database in *directory*, sorted by name."""
+    if not directory.is_dir():
+        return []
+    return sorted(directory.glob("*" + DB_SUFFIX))
+
+
+def sidecars(path: Path) -> list[Path]:
+    """The -wal and -shm files SQLite may keep next to *path*."""
+    return [path.with_name(path.name + suffix) for suffix in SIDECAR_SUFFIXES]
+
+
+def ensure_directory(directory: Path) -> None:
+    """Create *directory* owner-only (0700) or explain in one line why not."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageDirectoryError(directory, exc.strerror or str(exc)) from None
+    if not directory.is_dir():
+        raise StorageDirectoryError(directory, "it is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StorageDirectoryError(directory, "it is not writable by this user")
+
+
+def is_unreadable_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlcipher.DatabaseError) and any(p in text for p in _UNREADABLE)
+
+
+def is_damage_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlcipher.DatabaseError) and any(p in text for p in _DAMAGED)
+
+
+def open_database(
+    path: Path,
+    key: bytes,
+    *,
+    create: bool = True,
+    read_only: bool = False,
+    synchronous: Synchronous = "NORMAL",
+) -> Any:
+    """Open *path* with the raw 256-bit *key* and check that the key fits.
+
+    A wrong key raises :class:`WrongKeyError` and leaves the file exactly as it
+    was: nothing is written before the key has been proven on page 1.
+    """
+    exists = path.exists() and path.stat().st_size > 0
+    if not exists and (read_only or not create):
+        raise FileNotFoundError(path)
+    if not exists:
+        # SQLite gives -wal and -shm the mode of the main file, so creating it
+        # 0600 here keeps every file of the database owner-only.
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+    target = f"file:{path}?mode=ro" if read_only else f"file:{path}"
+    conn = sqlcipher.connect(target, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        # SQLCipher logs failed key checks to stderr itself; the error we raise
+        # says it once, in our words. This must precede PRAGMA key to cover it.
+        conn.execute("PRAGMA cipher_log_level = NONE")
+        # PRAGMA key must be the first statement that touches the file: it only
+        # sets the key, and the first read (below) is what decrypts page 1.
+        conn.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlcipher.DatabaseError as exc:
+            if is_unreadable_error(exc) and exists:
+                raise WrongKeyError(path) from None
+            raise DatabaseDamagedError(path, str(exc)) from None
+        conn.execute("PRAGMA busy_timeout = 10000")
+        if not read_only:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+                " key TEXT PRIMARY KEY,"
+                " value TEXT NOT NULL,"
+                " updated_at REAL NOT NULL DEFAULT (unixepoch('subsec'))"
+                ")"
+            )
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextlib.contextmanager
+def opened(path: Path, key: bytes, **kwargs: Any) -> Iterator[Any]:
+    """:func:`open_database` as a context manager that always closes."""
+    conn = open_database(path, key, **kwargs)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def integrity_problems(conn: Any) -> list[str]:
+    """Run SQLCipher's page HMAC check and SQLite's structural check."""
+    problems = [str(row[0]) for row in conn.execute("PRAGMA cipher_integrity_check")]
+    rows = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+    if rows != ["ok"]:
+        problems.extend(rows)
+    return problems
+
+
+def rows(conn: Any) -> list[tuple[str, str]]:
+    """Every (key, value JSON) pair of the kv table, ordered by key."""
+    query = f"SELECT key, value FROM {TABLE} ORDER BY key"
+    return [(str(k), str(v)) for k, v in conn.execute(query)]

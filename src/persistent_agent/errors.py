@@ -1,0 +1,86 @@
+"""Every error a user of this demo can see, in one place.
+
+Each exception carries the single line a user reads; entry points print
+``str(error)`` and exit non-zero instead of dumping a traceback. None of them
+ever includes the master key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class PersistentAgentError(Exception):
+    """Base class: a problem a user can fix, described in one line."""
+
+    exit_code = 2
+
+
+class MasterKeyError(PersistentAgentError):
+    """FAME_STORAGE_MASTER_KEY is missing or is not a 256-bit key."""
+
+
+class WrongKeyError(PersistentAgentError):
+    """A database does not decrypt with the configured master key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"cannot decrypt {path}: FAME_STORAGE_MASTER_KEY does not match the key this "
+            "database was written with, or the file is damaged; no file was changed"
+        )
+
+
+class DatabaseDamagedError(PersistentAgentError):
+    """A database decrypts but fails its integrity checks."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        self.path = path
+        super().__init__(f"{path} is damaged ({detail}); no file was changed")
+
+
+class StorageDirectoryError(PersistentAgentError):
+    """FAME_STORAGE_DB_DIRECTORY cannot be created or written."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        super().__init__(f"FAME_STORAGE_DB_DIRECTORY {path} is not usable: {reason}")
+
+
+class StorageProfileError(PersistentAgentError):
+    """FAME_STORAGE_PROFILE names no known profile."""
+
+
+class StateVersionError(PersistentAgentError):
+    """Stored agent state was written by a newer, unknown schema version."""
+
+
+class ConfigError(PersistentAgentError):
+    """The generated config files are missing, inconsistent or unsafe to change."""
+
+
+class ServiceUnavailableError(PersistentAgentError):
+    """The client could not reach the agent through the sentinel in time."""
+
+
+def find_error(exc: BaseException) -> PersistentAgentError | None:
+    """Return our error if *exc* is one, or wraps one anywhere in its chain.
+
+    The runtime re-raises factory failures inside its own exceptions (and
+    asyncio may group them), so the user-facing error can sit a few links deep.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, PersistentAgentError):
+            return current
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                stack.append(linked)
+    return None

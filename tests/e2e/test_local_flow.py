@@ -1,0 +1,147 @@
+"""The seed's user flow with real processes: store, restart, read back."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from persistent_agent import config_files
+from persistent_agent.keys import generate_master_key
+from persistent_agent.local_nodes import LocalNodeError, LocalNodes
+
+from ..conftest import checksums, plaintext_hits
+from .conftest import run_client, stored_value
+
+pytestmark = pytest.mark.e2e
+
+SEED_LISTING = {
+    "agent/__binding_store_encrypted_value.db",
+    "agent/__keystore_encrypted_value.db",
+    "agent/__node_meta_encrypted_value.db",
+    "agent/agent_state_encrypted_value.db",
+    "sentinel/__binding_store_encrypted_value.db",
+    "sentinel/__keystore_encrypted_value.db",
+    "sentinel/__node_meta_encrypted_value.db",
+    "sentinel/__route_store_encrypted_value.db",
+}
+# The Python runtime's delivery tracker keeps three more stores per node.
+PYTHON_RUNTIME_EXTRAS = {
+    f"{node}/__delivery_{box}_encrypted_value.db"
+    for node in ("agent", "sentinel")
+    for box in ("inbox", "inbox_dlq", "outbox")
+}
+
+
+def test_first_run_prints_null_then_the_stored_value(nodes: LocalNodes) -> None:
+    """First ever run: `Previous state: null`, then `Updated state: {"value":"<ms>"}`."""
+    nodes.start_all()
+    result = run_client(nodes)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "Previous state: null"
+    assert re.fullmatch(r'Updated state: \{"value":"\d{13}"\}', lines[1])
+
+
+def test_value_survives_agent_and_sentinel_restarts(nodes: LocalNodes) -> None:
+    """After restarting the agent, and then the sentinel, the last value is read back."""
+    nodes.start_all()
+    first = stored_value(run_client(nodes).stdout)
+    nodes.stop("agent")
+    nodes.start("agent")
+    second = run_client(nodes).stdout
+    assert second.splitlines()[0] == f"Previous state: {first}"
+    nodes.stop_all()
+    nodes.start_all()
+    third = run_client(nodes).stdout
+    assert third.splitlines()[0] == f"Previous state: {stored_value(second)}"
+
+
+def test_data_layout_matches_the_seed_and_holds_no_plaintext(nodes: LocalNodes) -> None:
+    """`find data` shows the seed's files (plus the runtime's delivery stores), all opaque."""
+    nodes.start_all()
+    value = stored_value(run_client(nodes).stdout)
+    nodes.stop_all()
+    files = {
+        str(p.relative_to(nodes.data_dir))
+        for p in nodes.data_dir.rglob("*.db")
+    }
+    assert files == SEED_LISTING | PYTHON_RUNTIME_EXTRAS
+    needles = [
+        b"SQLite format 3", b"storage@fame.fabric", b"CREATE TABLE",
+        value.encode(), value.split('"')[3].encode(),
+    ]
+    assert plaintext_hits(nodes.data_dir, needles) == []
+
+
+def test_wrong_key_fails_cleanly_and_the_right_key_still_reads(nodes: LocalNodes) -> None:
+    """A wrong key stops the agent with one line naming file and variable; no byte changes."""
+    nodes.start_all()
+    value = stored_value(run_client(nodes).stdout)
+    nodes.stop("agent")
+    agent_env = config_files.env_file(nodes.config_dir, "agent")
+    good = agent_env.read_text()
+    config_files.set_key(agent_env, generate_master_key())
+    before = checksums(nodes.data_dir / "agent")
+
+    with pytest.raises(LocalNodeError) as info:
+        nodes.start("agent")
+    message = str(info.value)
+    assert "exited with code 2" in message
+    assert "FAME_STORAGE_MASTER_KEY" in message
+    assert "_encrypted_value.db" in message
+    log = nodes.log_file("agent").read_text()
+    assert "Traceback" not in log
+    assert checksums(nodes.data_dir / "agent") == before
+    assert not list((nodes.data_dir / "agent").glob("*corrupt*"))
+
+    agent_env.write_text(good)
+    nodes.start("agent")
+    assert run_client(nodes).stdout.splitlines()[0] == f"Previous state: {value}"
+
+
+def test_client_gives_up_in_bounded_time_when_sentinel_is_down(nodes: LocalNodes) -> None:
+    """No sentinel: the client retries, then one line on stderr and exit code != 0."""
+    started = time.monotonic()
+    result = run_client(nodes, timeout=3)
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "no answer from storage@fame.fabric" in lines[0]
+    assert elapsed < 20
+
+
+def test_client_waits_for_a_late_agent(nodes: LocalNodes) -> None:
+    """With the sentinel up and the agent attaching a little later, the client succeeds."""
+    nodes.start("sentinel")
+    argv, env = nodes.client_command()
+    env["CLIENT_TIMEOUT_SECONDS"] = "40"
+    client = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(2)
+    nodes.start("agent")
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err
+    assert out.splitlines()[0] == "Previous state: null"
+
+
+def test_client_without_agent_fails_in_bounded_time(nodes: LocalNodes) -> None:
+    """Sentinel up but no agent attached: one clear line, exit != 0, no hang."""
+    nodes.start("sentinel")
+    result = run_client(nodes, timeout=3)
+    assert result.returncode != 0
+    assert "no answer from storage@fame.fabric" in result.stderr
+    assert "Unroutable" in result.stderr
+
+
+def test_missing_config_is_one_line(nodes: LocalNodes) -> None:
+    """An agent without its env file exits with one line pointing at make init."""
+    shutil.move(config_files.env_file(nodes.config_dir, "agent"), nodes.config_dir / "moved")
+    with pytest.raises(LocalNodeError, match="make init"):
+        nodes.start("agent")
