@@ -9,6 +9,9 @@ PY := $(VENV)/bin/python
 ADMIN := $(VENV)/bin/persistent-agent-admin
 SENTINEL_PORT ?= 8000
 PYTEST_ARGS ?=
+# `make init` needs only the standard library (any Python 3.9+), so the Docker
+# demo works on hosts without Python 3.12.
+HOST_PYTHON ?= python3
 export SENTINEL_PORT
 
 # Docker (see docker-compose.yml). PYTHON_IMAGE is the base image to build on.
@@ -39,8 +42,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Create .venv (Python >= 3.12) and install the project
 
-init: install ## Generate the master key and config/.env.* (keeps an existing key)
-	@$(PY) scripts/gen_master_key.py
+init: ## Generate the master key and config/.env.* (keeps an existing key)
+	@$(HOST_PYTHON) scripts/gen_master_key.py
 
 # ---------------------------------------------------------------- local processes
 demo: init ## See it work: start locally, store, restart the agent, read it back, stop
@@ -50,16 +53,53 @@ local-start: init ## Start sentinel + agent as local background processes (logs 
 	@$(ADMIN) local-start
 
 local-run: install ## Run the client against the local sentinel
-	@$(ADMIN) local-run
+	@$(ADMIN) local-run $(LOCAL_RUN_FLAGS)
 
-local-run-verbose: install ## Same, showing envelopes (FAME_SHOW_ENVELOPES=true)
-	@$(ADMIN) local-run --verbose
+local-run-verbose: LOCAL_RUN_FLAGS := --verbose
+local-run-verbose: local-run ## Same, showing envelopes (FAME_SHOW_ENVELOPES=true)
 
 local-stop: install ## Stop the local processes started by local-start
 	@$(ADMIN) local-stop
 
 local-status: install ## Show whether the local processes run
 	@$(ADMIN) local-status
+
+# ---------------------------------------------------------------- docker compose
+define need_compose
+@[ -n "$(COMPOSE)" ] || { echo "error: neither 'docker compose' nor 'docker-compose' is installed" >&2; exit 1; }
+endef
+
+base-image: ## Build a Python base image with no registry (debootstrap trixie; root)
+	scripts/build_base_image.sh $(BASE_IMAGE_TAG)
+
+build: ## Build the image (PYTHON_IMAGE=<base> to pick the base image)
+	docker build --quiet --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) \
+	  --build-arg VERSION=$(VERSION) -t $(IMAGE) . >/dev/null
+	@echo "built $(IMAGE) on $(PYTHON_IMAGE)"
+
+start: init build ## Init, build, start sentinel + agent; returns once both are healthy
+	$(need_compose)
+	@$(COMPOSE) up -d sentinel persistent-agent
+	@COMPOSE="$(COMPOSE)" scripts/wait_healthy.sh 120 sentinel persistent-agent
+
+stop: ## Stop the containers (data/ stays)
+	$(need_compose)
+	@$(COMPOSE) down --remove-orphans
+
+run: ## Run the client in a container on the compose network
+	$(need_compose)
+	@$(COMPOSE) run --rm -T $(CLIENT_FLAGS) client
+
+run-verbose: CLIENT_FLAGS := -e FAME_SHOW_ENVELOPES=true
+run-verbose: run ## Same, showing envelopes
+
+logs: ## Show the last log lines of every service
+	$(need_compose)
+	@$(COMPOSE) logs --no-color --tail=100
+
+status: ## Show the services and their health
+	$(need_compose)
+	@$(COMPOSE) ps
 
 # ---------------------------------------------------------------- quality
 test: install ## Run unit and end-to-end tests (real SQLCipher files, real processes)
@@ -70,6 +110,9 @@ test-unit: install ## Run only the unit tests
 
 test-e2e: install ## Run only the end-to-end tests (real sentinel and agent processes)
 	$(PY) -m pytest -m "e2e" $(PYTEST_ARGS)
+
+test-docker: install ## Drive the compose flow against a real Docker engine (PYTHON_IMAGE=<base>)
+	PYTHON_IMAGE=$(PYTHON_IMAGE) $(PY) -m pytest -m docker $(PYTEST_ARGS)
 
 lint: install ## ruff on everything, mypy (strict) on src/
 	$(VENV)/bin/ruff check src tests client scripts

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from persistent_agent import database
+from persistent_agent import database, layout
 from persistent_agent.errors import StorageDirectoryError, WrongKeyError
 from persistent_agent.keys import generate_master_key, parse_master_key
 
@@ -20,21 +20,21 @@ def _key() -> bytes:
 
 def test_file_name_follows_the_seed_listing() -> None:
     """Namespaces map to `<namespace>_encrypted_value.db`, underscores kept."""
-    assert database.file_name("__node_meta") == "__node_meta_encrypted_value.db"
-    assert database.file_name("agent_state") == "agent_state_encrypted_value.db"
+    assert layout.file_name("__node_meta") == "__node_meta_encrypted_value.db"
+    assert layout.file_name("agent_state") == "agent_state_encrypted_value.db"
 
 
 def test_unsafe_namespaces_cannot_escape_or_collide() -> None:
     """Path separators are replaced, and two namespaces never share a file."""
-    a, b = database.file_name("../x/y"), database.file_name("___x_y")
+    a, b = layout.file_name("../x/y"), layout.file_name("___x_y")
     assert "/" not in a
     assert a != b
-    assert database.file_name("a/b") != database.file_name("a_b")
+    assert layout.file_name("a/b") != layout.file_name("a_b")
 
 
 def test_wrong_key_raises_and_leaves_files_unchanged(tmp_path: Path) -> None:
     """A wrong key names the file and changes no byte of it (or its sidecars)."""
-    path = tmp_path / database.file_name("ns")
+    path = tmp_path / layout.file_name("ns")
     with database.opened(path, _key()) as conn:
         conn.execute("INSERT INTO kv (key, value) VALUES ('k', '{}')")
     before = checksums(tmp_path)
@@ -45,7 +45,7 @@ def test_wrong_key_raises_and_leaves_files_unchanged(tmp_path: Path) -> None:
 
 def test_whole_file_encryption_hides_header_schema_keys_and_values(tmp_path: Path) -> None:
     """No header, schema, key or value is readable in the .db, -wal or -shm files."""
-    path = tmp_path / database.file_name("storage@fame.fabric")
+    path = tmp_path / layout.file_name("storage@fame.fabric")
     conn = database.open_database(path, _key())
     for i in range(200):
         conn.execute(
@@ -61,10 +61,10 @@ def test_whole_file_encryption_hides_header_schema_keys_and_values(tmp_path: Pat
 
 def test_files_are_owner_only(tmp_path: Path) -> None:
     """The database and its WAL sidecars are created 0600."""
-    path = tmp_path / database.file_name("ns")
+    path = tmp_path / layout.file_name("ns")
     with database.opened(path, _key()) as conn:
         conn.execute("INSERT INTO kv (key, value) VALUES ('k', '{}')")
-        for p in [path, *database.sidecars(path)]:
+        for p in [path, *layout.sidecars(path)]:
             assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
 
 

@@ -39,9 +39,7 @@ def _nodes(args: argparse.Namespace) -> LocalNodes:
 def _init(args: argparse.Namespace) -> int:
     """Write config/.env.* from the templates with a 256-bit master key; keep an existing key."""
     result = config_files.init(args.config_dir, args.data_dir, new_key=args.new_key)
-    files = ", ".join(str(p) for p in result.written)
-    print(f"init: master key {result.key_source}; "
-          + (f"wrote {files}" if files else "config files already in place"))
+    print(config_files.describe(result))
     return 0
 
 

@@ -15,12 +15,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from persistent_agent.database import database_files
 from persistent_agent.errors import ConfigError, MasterKeyError
 from persistent_agent.keys import ENV_VAR, generate_master_key, parse_master_key
+from persistent_agent.layout import NODE_ROLES, all_databases, node_data_dirs
 
 ROLES = ("sentinel", "agent", "client")
-NODE_ROLES = ("sentinel", "agent")
 PLACEHOLDER = "${" + ENV_VAR + "}"
 _KEY_LINE = re.compile(rf"^{ENV_VAR}=(.*)$", re.MULTILINE)
 
@@ -41,10 +40,6 @@ def template(config_dir: Path, role: str) -> Path:
     return config_dir / f".env.{role}.example"
 
 
-def node_data_dirs(data_dir: Path) -> list[Path]:
-    return [data_dir / role for role in NODE_ROLES]
-
-
 def read_key(path: Path) -> str | None:
     """The master key written in *path*, or None when the file or line is absent."""
     if not path.is_file():
@@ -53,32 +48,24 @@ def read_key(path: Path) -> str | None:
     return match.group(1).strip() if match else None
 
 
-def current_key(config_dir: Path) -> str | None:
-    """The one master key the node config files agree on, or None if none has one.
+def node_keys(config_dir: Path) -> dict[str, str]:
+    """The master key of each node whose env file has one, validated.
 
-    Two different keys mean someone edited a file by hand; guessing which one
-    is right could lock a node out of its data, so that is an error.
+    The sentinel and the agent share one key after `init`, like the original;
+    a user may give each node its own key by hand, and that is kept too.
     """
-    keys = {
-        role: key
-        for role in NODE_ROLES
-        if (key := read_key(env_file(config_dir, role))) and key != PLACEHOLDER
-    }
-    distinct = set(keys.values())
-    if len(distinct) > 1:
-        raise ConfigError(
-            f"{ENV_VAR} differs between config/.env.sentinel and config/.env.agent; "
-            "make them equal by hand (the key that opens data/) and run `make init` again"
-        )
-    if not distinct:
-        return None
-    key = distinct.pop()
-    try:
-        parse_master_key(key)
-    except MasterKeyError as error:
-        files = " and ".join(f"config/.env.{role}" for role in keys)
-        raise ConfigError(f"{files}: {error}") from None
-    return key
+    keys: dict[str, str] = {}
+    for role in NODE_ROLES:
+        path = env_file(config_dir, role)
+        key = read_key(path)
+        if key is None or key == PLACEHOLDER:
+            continue
+        try:
+            parse_master_key(key)
+        except MasterKeyError as error:
+            raise ConfigError(f"{path}: {error}") from None
+        keys[role] = key
+    return keys
 
 
 def write_private(path: Path, text: str) -> None:
@@ -105,40 +92,36 @@ def set_key(path: Path, key: str) -> None:
     write_private(path, _KEY_LINE.sub(f"{ENV_VAR}={key}", text, count=1))
 
 
-def encrypted_databases(data_dir: Path) -> list[Path]:
-    return [db for d in node_data_dirs(data_dir) for db in database_files(d)]
-
-
 def init(config_dir: Path, data_dir: Path, *, new_key: bool = False) -> InitResult:
-    """Create missing config files and data directories; keep an existing key.
+    """Create missing config files and data directories; keep existing keys.
 
     With *new_key*, replace the key everywhere, but only while no encrypted
     database exists: those would become unreadable (use rotate-key instead).
     """
-    existing = current_key(config_dir)
-    if new_key and existing:
-        found = encrypted_databases(data_dir)
+    keys = node_keys(config_dir)
+    if new_key and keys:
+        found = all_databases(data_dir)
         if found:
             raise ConfigError(
                 f"refusing a new key: {len(found)} encrypted databases under {data_dir} "
                 "would become unreadable; use `make rotate-key` to re-key them, "
                 "or `make clean` to discard them"
             )
-    key = generate_master_key() if new_key or not existing else existing
-    source = "replaced" if new_key and existing else "kept" if existing else "generated"
+    # The key for files that have none yet: the one already in use, if any.
+    shared = generate_master_key() if new_key or not keys else next(iter(keys.values()))
+    source = "replaced" if new_key and keys else "kept" if keys else "generated"
 
     written: list[Path] = []
     for role in ROLES:
         target = env_file(config_dir, role)
-        if target.exists() and source == "kept":
-            continue
-        if target.exists() and read_key(target) is not None:
-            set_key(target, key)
-        elif not target.exists():
+        if not target.exists():
             source_template = template(config_dir, role)
             if not source_template.is_file():
                 raise ConfigError(f"{source_template} is missing; restore it from git")
+            key = shared if new_key else keys.get(role, shared)
             write_private(target, source_template.read_text().replace(PLACEHOLDER, key))
+        elif read_key(target) is not None and (new_key or role not in keys):
+            set_key(target, shared)
         else:
             continue
         written.append(target)
@@ -147,3 +130,11 @@ def init(config_dir: Path, data_dir: Path, *, new_key: bool = False) -> InitResu
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
     return InitResult(source, tuple(written))
+
+
+def describe(result: InitResult) -> str:
+    """The one line `init` prints: what happened to the key, never the key."""
+    files = ", ".join(str(p) for p in result.written)
+    return f"init: master key {result.key_source}; " + (
+        f"wrote {files}" if files else "config files already in place"
+    )

@@ -8,9 +8,7 @@ is applied, what a wrong key looks like, and which pragmas a connection gets.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -19,47 +17,15 @@ import sqlcipher3.dbapi2 as sqlcipher
 
 from persistent_agent.errors import DatabaseDamagedError, StorageDirectoryError, WrongKeyError
 
-DB_SUFFIX = "_encrypted_value.db"
-SIDECAR_SUFFIXES = ("-wal", "-shm")
 TABLE = "kv"
 SCHEMA_VERSION = 1
 
 Synchronous = Literal["NORMAL", "FULL"]
 
-_SAFE_NAMESPACE = re.compile(r"[^A-Za-z0-9._-]+")
 # SQLCipher's "file is not a database" is how both a wrong key and a damaged
 # first page look: the HMAC of page 1 does not verify, so nothing is readable.
 _UNREADABLE = ("file is not a database", "file is encrypted")
 _DAMAGED = ("malformed", "hmac check failed", "corrupt")
-
-
-def file_name(namespace: str) -> str:
-    """The file name for *namespace*: ``<namespace>_encrypted_value.db``.
-
-    Characters outside ``[A-Za-z0-9._-]`` become ``_``; when that changes the
-    name, a short hash of the original keeps two namespaces from colliding.
-    """
-    safe = _SAFE_NAMESPACE.sub("_", namespace)[:120] or "ns"
-    if safe != namespace:
-        safe += "-" + hashlib.sha256(namespace.encode("utf-8")).hexdigest()[:8]
-    return safe + DB_SUFFIX
-
-
-def namespace_of(path: Path) -> str:
-    """The (sanitised) namespace a database file belongs to."""
-    return path.name.removesuffix(DB_SUFFIX)
-
-
-def database_files(directory: Path) -> list[Path]:
-    """Every encrypted database in *directory*, sorted by name."""
-    if not directory.is_dir():
-        return []
-    return sorted(directory.glob("*" + DB_SUFFIX))
-
-
-def sidecars(path: Path) -> list[Path]:
-    """The -wal and -shm files SQLite may keep next to *path*."""
-    return [path.with_name(path.name + suffix) for suffix in SIDECAR_SUFFIXES]
 
 
 def ensure_directory(directory: Path) -> None:

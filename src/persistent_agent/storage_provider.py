@@ -19,7 +19,7 @@ from naylence.fame.storage.storage_provider import StorageProvider
 from naylence.fame.util.logging import getLogger
 from pydantic import BaseModel
 
-from persistent_agent import database
+from persistent_agent import database, layout
 from persistent_agent.keys import MasterKey
 
 V = TypeVar("V", bound=BaseModel)
@@ -114,7 +114,7 @@ class SQLCipherStorageProvider(StorageProvider):
         # Unlock every existing database now, so a wrong key or a damaged file
         # stops the node at startup, naming the file, before anything is
         # served or written, rather than at the first RPC that touches it.
-        for path in database.database_files(self._directory):
+        for path in layout.database_files(self._directory):
             self._connection(path)
 
     @property
@@ -125,13 +125,13 @@ class SQLCipherStorageProvider(StorageProvider):
         if path.name not in self._connections:
             self._connections[path.name] = database.open_database(
                 path,
-                self._master_key.database_key(database.namespace_of(path)),
+                self._master_key.database_key(layout.namespace_of(path)),
                 synchronous=self._synchronous,
             )
         return self._connections[path.name]
 
     async def get_kv_store(self, model_cls: type[V], namespace: str) -> KeyValueStore[V]:
-        path = self._directory / database.file_name(namespace)
+        path = self._directory / layout.file_name(namespace)
         return SQLCipherKeyValueStore(self._connection(path), model_cls, path)
 
     def close(self) -> None:

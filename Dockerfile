@@ -1,0 +1,38 @@
+# persistent-agent image: the sentinel, the agent and the client in one image.
+# PYTHON_IMAGE is any Python >= 3.12 base; `make base-image` builds one with no
+# registry (Debian trixie via debootstrap) for air-gapped or proxied machines.
+ARG PYTHON_IMAGE=python:3.12-slim
+
+FROM ${PYTHON_IMAGE} AS build
+# pip trusts the system CA bundle (the one a proxied host's base image carries)
+# rather than its own, so installs work behind a TLS-intercepting proxy too.
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+RUN python3 -m venv /opt/venv
+WORKDIR /src
+# Dependencies first, from pyproject.toml alone, so editing the code does not
+# reinstall them: a stub package satisfies the build, the real one follows.
+COPY pyproject.toml README.md ./
+RUN mkdir -p src/persistent_agent && touch src/persistent_agent/__init__.py \
+    && /opt/venv/bin/pip install --quiet . \
+    && /opt/venv/bin/pip uninstall --quiet --yes persistent-agent \
+    && rm -rf src build ./*.egg-info
+COPY src ./src
+RUN /opt/venv/bin/pip install --quiet --no-deps . && rm -rf /src
+
+FROM ${PYTHON_IMAGE}
+ARG VERSION=dev
+LABEL org.opencontainers.image.title="persistent-agent" \
+      org.opencontainers.image.version="${VERSION}"
+COPY --from=build /opt/venv /opt/venv
+COPY client /app/client
+# Any uid may run this image (compose passes the host user's, so files in the
+# bind-mounted data/ belong to that user); HOME points somewhere writable.
+ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /work
+USER 10001:10001
+CMD ["persistent-agent"]

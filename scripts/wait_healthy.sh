@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Wait until compose services are healthy, with no fixed sleeps: poll each
+# container's health, and fail at once with the service's last log line if it
+# exits (a wrong key, say). Usage: COMPOSE="docker-compose" wait_healthy.sh SECONDS SERVICE...
+set -euo pipefail
+timeout=$1; shift
+compose=${COMPOSE:?COMPOSE must name the compose command}
+deadline=$((SECONDS + timeout))
+for service in "$@"; do
+    while :; do
+        id=$($compose ps -q "$service" 2>/dev/null || true)
+        if [ -n "$id" ]; then
+            state=$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id")
+            case "$state" in
+                "running healthy") break ;;
+                exited*|dead*)
+                    echo "error: $service exited: $(docker logs --tail 1 "$id" 2>&1 | tail -n 1)" >&2
+                    echo "       (make logs shows more)" >&2
+                    exit 1 ;;
+            esac
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "error: $service not healthy after ${timeout}s (make logs shows why)" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+done
+echo "healthy: $*"

@@ -1,0 +1,57 @@
+"""Where things live on disk: database file names and the node data directories.
+
+Kept free of third-party imports so that ``scripts/gen_master_key.py`` (and
+with it ``make init``) runs on any Python 3.9+, before the project is
+installed, e.g. on a machine that only runs the Docker demo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+DB_SUFFIX = "_encrypted_value.db"
+SIDECAR_SUFFIXES = ("-wal", "-shm")
+NODE_ROLES = ("sentinel", "agent")
+
+_SAFE_NAMESPACE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def file_name(namespace: str) -> str:
+    """The file name for *namespace*: ``<namespace>_encrypted_value.db``.
+
+    Characters outside ``[A-Za-z0-9._-]`` become ``_``; when that changes the
+    name, a short hash of the original keeps two namespaces from colliding.
+    """
+    safe = _SAFE_NAMESPACE.sub("_", namespace)[:120] or "ns"
+    if safe != namespace:
+        safe += "-" + hashlib.sha256(namespace.encode("utf-8")).hexdigest()[:8]
+    return safe + DB_SUFFIX
+
+
+def namespace_of(path: Path) -> str:
+    """The (sanitised) namespace a database file belongs to."""
+    return path.name[: -len(DB_SUFFIX)] if path.name.endswith(DB_SUFFIX) else path.name
+
+
+def database_files(directory: Path) -> list[Path]:
+    """Every encrypted database in *directory*, sorted by name."""
+    if not directory.is_dir():
+        return []
+    return sorted(directory.glob("*" + DB_SUFFIX))
+
+
+def sidecars(path: Path) -> list[Path]:
+    """The -wal and -shm files SQLite may keep next to *path*."""
+    return [path.with_name(path.name + suffix) for suffix in SIDECAR_SUFFIXES]
+
+
+def node_data_dirs(data_dir: Path) -> list[Path]:
+    """data/sentinel and data/agent: one storage directory per node."""
+    return [data_dir / role for role in NODE_ROLES]
+
+
+def all_databases(data_dir: Path) -> list[Path]:
+    """Every encrypted database of both nodes."""
+    return [db for d in node_data_dirs(data_dir) for db in database_files(d)]
