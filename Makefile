@@ -101,6 +101,23 @@ status: ## Show the services and their health
 	$(need_compose)
 	@$(COMPOSE) ps
 
+# ---------------------------------------------------------------- key lifecycle and data
+verify: install ## Check every database (HMAC + structure) with the configured key
+	@$(ADMIN) verify
+
+inspect: install ## Decrypt and print every database (read-only; writes nothing)
+	@$(ADMIN) inspect
+
+backup: install ## Consistent encrypted snapshot of both nodes into backups/<time>/ (live)
+	@$(ADMIN) backup
+
+restore: install ## Restore BACKUP=backups/<time> (services stopped; FORCE=1 replaces data)
+	@[ -n "$(BACKUP)" ] || { echo "usage: make restore BACKUP=backups/<time> [FORCE=1]" >&2; exit 2; }
+	@$(ADMIN) restore "$(BACKUP)" $(if $(FORCE),--force)
+
+rotate-key: install ## Re-key all databases to a new master key (services stopped)
+	@$(ADMIN) rotate-key
+
 # ---------------------------------------------------------------- quality
 test: install ## Run unit and end-to-end tests (real SQLCipher files, real processes)
 	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)

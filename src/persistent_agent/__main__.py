@@ -13,7 +13,11 @@ from persistent_agent.agent import PersistentAgent
 
 async def _main() -> None:
     async def start(fabric: Any) -> None:
-        await fabric.serve(PersistentAgent(), AGENT_ADDR)
+        agent = PersistentAgent()
+        # Load the state before attaching: a state this version cannot read
+        # (a newer schema) stops the node here, untouched, not at the first call.
+        await agent.get_state()
+        await fabric.serve(agent, AGENT_ADDR)
 
     await node.serve(start, configs.NODE_CONFIG)
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from persistent_agent import config_files
+from persistent_agent import backup, config_files, inspection, rotation
 from persistent_agent.errors import PersistentAgentError
 from persistent_agent.local_nodes import LocalNodeError, LocalNodes
 
@@ -114,6 +114,59 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("verify", "persistent-agent-admin verify")
+def _verify(args: argparse.Namespace) -> int:
+    """Check every database with its node's key (HMAC and structure); exit 1 on any problem."""
+    reports = inspection.verify(args.config_dir, args.data_dir)
+    for report in reports:
+        print(report.line())
+    if not reports:
+        print(f"verify: no encrypted databases under {args.data_dir}")
+    failed = sum(1 for r in reports if r.problem)
+    print(f"verify: {len(reports) - failed} ok, {failed} failed")
+    return 1 if failed else 0
+
+
+@command("inspect", "persistent-agent-admin inspect | less")
+def _inspect(args: argparse.Namespace) -> int:
+    """Decrypt and print every database (namespace, key, value JSON); writes nothing."""
+    for line in inspection.inspect(args.config_dir, args.data_dir):
+        print(line)
+    return 0
+
+
+@command("backup", "persistent-agent-admin backup --backups-dir backups")
+def _backup(args: argparse.Namespace) -> int:
+    """Take a consistent encrypted snapshot of both nodes into backups/<UTC time>/."""
+    dest = backup.backup(args.config_dir, args.data_dir, args.backups_dir)
+    print(f"backup: wrote {dest} (restore with: make restore BACKUP={dest})")
+    return 0
+
+
+@command("restore", "persistent-agent-admin restore backups/20261126T101500123456Z")
+def _restore(args: argparse.Namespace) -> int:
+    """Verify a backup, then put it in place of data/ (services stopped; --force to replace)."""
+    result = backup.restore(
+        args.backup, args.config_dir, args.data_dir, args.backups_dir, force=args.force
+    )
+    aside = f"; previous data kept in {result.set_aside}" if result.set_aside else ""
+    print(f"restore: {result.restored} databases restored from {args.backup}{aside}")
+    return 0
+
+
+@command("rotate-key", "persistent-agent-admin rotate-key")
+def _rotate_key(args: argparse.Namespace) -> int:
+    """Re-key every database to a new master key (services stopped; safe to re-run)."""
+    result = rotation.rotate(args.config_dir, args.data_dir)
+    resumed = " (finished an interrupted rotation)" if result.resumed else ""
+    print(
+        f"rotate-key: {len(result.rekeyed)} databases re-keyed, "
+        f"{len(result.already_done)} already under the new key{resumed}; "
+        "config/.env.* updated. Backups taken before keep needing the old key."
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="persistent-agent-admin",
@@ -122,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-dir", type=Path, default=Path("config"))
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--run-dir", type=Path, default=Path("run"))
+    parser.add_argument("--backups-dir", type=Path, default=Path("backups"))
     parser.add_argument(
         "--port", type=int, default=int(os.environ.get("SENTINEL_PORT", "8000")),
         help="sentinel port for the local-* commands (default: $SENTINEL_PORT or 8000)",
@@ -137,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--new-key", action="store_true",
                 help="replace the key (refused while encrypted databases exist)",
+            )
+        if name == "restore":
+            p.add_argument("backup", type=Path, help="a directory written by backup")
+            p.add_argument(
+                "--force", action="store_true",
+                help="replace existing data (it is moved under backups/, not deleted)",
             )
         if name == "local-run":
             p.add_argument("--verbose", action="store_true", help="show envelopes")

@@ -16,12 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from persistent_agent.errors import ConfigError, MasterKeyError
-from persistent_agent.keys import ENV_VAR, generate_master_key, parse_master_key
+from persistent_agent.keys import ENV_VAR, MasterKey, generate_master_key, parse_master_key
 from persistent_agent.layout import NODE_ROLES, all_databases, node_data_dirs
 
 ROLES = ("sentinel", "agent", "client")
 PLACEHOLDER = "${" + ENV_VAR + "}"
-_KEY_LINE = re.compile(rf"^{ENV_VAR}=(.*)$", re.MULTILINE)
+NEXT_VAR = ENV_VAR + "_NEXT"  # the key an unfinished rotate-key is moving to
+
+
+def _line(name: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(name)}=(.*)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -40,12 +44,34 @@ def template(config_dir: Path, role: str) -> Path:
     return config_dir / f".env.{role}.example"
 
 
-def read_key(path: Path) -> str | None:
-    """The master key written in *path*, or None when the file or line is absent."""
+def read_var(path: Path, name: str) -> str | None:
+    """The value of ``name=`` in env file *path*, or None when file or line is absent."""
     if not path.is_file():
         return None
-    match = _KEY_LINE.search(path.read_text())
+    match = _line(name).search(path.read_text())
     return match.group(1).strip() if match else None
+
+
+def read_key(path: Path) -> str | None:
+    """The master key written in *path*, or None when the file or line is absent."""
+    return read_var(path, ENV_VAR)
+
+
+def edit_vars(path: Path, values: dict[str, str | None]) -> None:
+    """Set (or, with None, remove) variables of env file *path* in one atomic write.
+
+    A variable that is set replaces its line in place, or is appended.
+    """
+    lines = path.read_text().splitlines()
+    for name, value in values.items():
+        index = next((i for i, line in enumerate(lines) if line.startswith(name + "=")), None)
+        if value is None:
+            lines = [line for line in lines if not line.startswith(name + "=")]
+        elif index is None:
+            lines.append(f"{name}={value}")
+        else:
+            lines[index] = f"{name}={value}"
+    write_private(path, "\n".join(lines) + "\n")
 
 
 def node_keys(config_dir: Path) -> dict[str, str]:
@@ -68,6 +94,17 @@ def node_keys(config_dir: Path) -> dict[str, str]:
     return keys
 
 
+def node_key(config_dir: Path, role: str) -> MasterKey:
+    """The parsed master key of *role*'s env file, or one line saying what is wrong."""
+    path = env_file(config_dir, role)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist; run `make init`")
+    try:
+        return parse_master_key(read_key(path))
+    except MasterKeyError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
 def write_private(path: Path, text: str) -> None:
     """Write *path* atomically with mode 0600 (it may hold the master key)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,10 +123,9 @@ def write_private(path: Path, text: str) -> None:
 
 def set_key(path: Path, key: str) -> None:
     """Replace the master key line of an existing env file, keeping every other line."""
-    text = path.read_text()
-    if not _KEY_LINE.search(text):
+    if read_key(path) is None:
         raise ConfigError(f"{path} has no {ENV_VAR}= line to update")
-    write_private(path, _KEY_LINE.sub(f"{ENV_VAR}={key}", text, count=1))
+    edit_vars(path, {ENV_VAR: key})
 
 
 def init(config_dir: Path, data_dir: Path, *, new_key: bool = False) -> InitResult:

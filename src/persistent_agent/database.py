@@ -17,6 +17,9 @@ import sqlcipher3.dbapi2 as sqlcipher
 
 from persistent_agent.errors import DatabaseDamagedError, StorageDirectoryError, WrongKeyError
 
+# What a damaged page raises; callers outside this module catch it by this name.
+DatabaseError = sqlcipher.DatabaseError
+
 TABLE = "kv"
 SCHEMA_VERSION = 1
 
@@ -62,6 +65,11 @@ def open_database(
 
     A wrong key raises :class:`WrongKeyError` and leaves the file exactly as it
     was: nothing is written before the key has been proven on page 1.
+
+    *read_only* is for the operator tools: the file must exist, the schema is
+    not touched and the connection refuses writes (``query_only``). It is
+    still a read-write handle on the file, so that closing it, as the last
+    connection, cleans up the WAL instead of leaving empty sidecars behind.
     """
     exists = path.exists() and path.stat().st_size > 0
     if not exists and (read_only or not create):
@@ -71,8 +79,7 @@ def open_database(
         # 0600 here keeps every file of the database owner-only.
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
-    target = f"file:{path}?mode=ro" if read_only else f"file:{path}"
-    conn = sqlcipher.connect(target, uri=True, isolation_level=None, check_same_thread=False)
+    conn = sqlcipher.connect(str(path), isolation_level=None, check_same_thread=False)
     try:
         # SQLCipher logs failed key checks to stderr itself; the error we raise
         # says it once, in our words. This must precede PRAGMA key to cover it.
@@ -87,7 +94,9 @@ def open_database(
                 raise WrongKeyError(path) from None
             raise DatabaseDamagedError(path, str(exc)) from None
         conn.execute("PRAGMA busy_timeout = 10000")
-        if not read_only:
+        if read_only:
+            conn.execute("PRAGMA query_only = 1")
+        else:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {synchronous}")
             conn.execute(
@@ -116,12 +125,26 @@ def opened(path: Path, key: bytes, **kwargs: Any) -> Iterator[Any]:
 
 
 def integrity_problems(conn: Any) -> list[str]:
-    """Run SQLCipher's page HMAC check and SQLite's structural check."""
-    problems = [str(row[0]) for row in conn.execute("PRAGMA cipher_integrity_check")]
-    rows = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+    """Run SQLCipher's page HMAC check and SQLite's structural check.
+
+    Returns what they report (an empty list when the file is sound); a page
+    so damaged that the checks cannot even run is reported, not raised.
+    """
+    try:
+        problems = [str(row[0]) for row in conn.execute("PRAGMA cipher_integrity_check")]
+        rows = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+    except sqlcipher.DatabaseError as exc:
+        return [str(exc)]
     if rows != ["ok"]:
         problems.extend(rows)
     return problems
+
+
+def check_integrity(conn: Any, path: Path) -> None:
+    """Raise :class:`DatabaseDamagedError` naming *path* if any page fails its checks."""
+    problems = integrity_problems(conn)
+    if problems:
+        raise DatabaseDamagedError(path, "; ".join(problems[:3]))
 
 
 def rows(conn: Any) -> list[tuple[str, str]]:

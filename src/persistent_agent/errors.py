@@ -59,6 +59,14 @@ class ConfigError(PersistentAgentError):
     """The generated config files are missing, inconsistent or unsafe to change."""
 
 
+class ServicesRunningError(PersistentAgentError):
+    """An operation that rewrites data files was asked for while a node has them open."""
+
+
+class BackupError(PersistentAgentError):
+    """A backup is incomplete, does not verify, or cannot be restored here."""
+
+
 class ServiceUnavailableError(PersistentAgentError):
     """The client could not reach the agent through the sentinel in time."""
 

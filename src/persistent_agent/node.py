@@ -58,6 +58,11 @@ def check_storage() -> None:
         from persistent_agent.database import ensure_directory
         from persistent_agent.keys import ENV_VAR, parse_master_key
 
+        if os.environ.get(ENV_VAR + "_NEXT"):
+            raise PersistentAgentError(
+                "a key rotation was interrupted (FAME_STORAGE_MASTER_KEY_NEXT is set); "
+                "run `make rotate-key` again to finish it"
+            )
         parse_master_key(os.environ.get(ENV_VAR))
         ensure_directory(Path(os.environ.get("FAME_STORAGE_DB_DIRECTORY", "./data/sqlite")))
 

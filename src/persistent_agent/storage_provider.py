@@ -111,11 +111,15 @@ class SQLCipherStorageProvider(StorageProvider):
         self._connections: dict[str, Any] = {}
         database.ensure_directory(self._directory)
         atexit.register(self.close)
-        # Unlock every existing database now, so a wrong key or a damaged file
-        # stops the node at startup, naming the file, before anything is
-        # served or written, rather than at the first RPC that touches it.
-        for path in layout.database_files(self._directory):
-            self._connection(path)
+        # Unlock and check every existing database now, so a wrong key or a
+        # damaged page stops the node at startup, naming the file, before
+        # anything is served or written, not at the first RPC that reads it.
+        try:
+            for path in layout.database_files(self._directory):
+                database.check_integrity(self._connection(path), path)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def db_directory(self) -> Path:
