@@ -65,7 +65,9 @@ StateT = TypeVar("StateT", bound=BaseAgentState)
 
 def _copy(state: StateT) -> StateT:
     """A detached, validated copy: fields only, none of the SDK's private links."""
-    return cast(StateT, type(state).model_validate(state.model_dump()))
+    # warnings=False: a wrong-typed assignment is reported by the validation
+    # that follows, as an error, rather than as a serializer warning first.
+    return cast(StateT, type(state).model_validate(state.model_dump(warnings=False)))
 
 
 class _Transaction(Generic[StateT]):

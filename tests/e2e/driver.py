@@ -1,0 +1,59 @@
+"""A scriptable client for the fault tests: `python -m tests.e2e.driver CMD ARG`.
+
+Talks to storage@fame.fabric through the sentinel named by
+FAME_DIRECT_ADMISSION_URL and prints one JSON document per result, so the
+tests can see exactly which writes were acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("FAME_LOG_LEVEL", "critical")
+
+from naylence.agent import Agent, configs  # noqa: E402 - log level first
+from naylence.fame.core import FameFabric  # noqa: E402
+
+from persistent_agent import AGENT_ADDR  # noqa: E402
+
+
+def emit(doc: Any) -> None:
+    print(json.dumps(doc, ensure_ascii=False), flush=True)
+
+
+async def main(command: str, arg: str) -> None:
+    async with FameFabric.create(root_config=configs.CLIENT_CONFIG):
+        agent = Agent.remote_by_address(AGENT_ADDR)
+        if command == "retrieve":
+            emit(await agent.retrieve_value())
+        elif command == "store":  # ARG is JSON, or @FILE holding JSON
+            value = json.loads(open(arg[1:]).read() if arg.startswith("@") else arg)  # noqa: SIM115, PTH123
+            try:
+                emit({"ok": await agent.store_value(value)})
+            except Exception as exc:  # the error text is what the test checks
+                emit({"error": str(exc)})
+        elif command == "stream":
+            i = int(arg)
+            while True:
+                await agent.store_value(str(i))
+                emit(i)  # printed only once the write was acknowledged
+                i += 1
+        elif command == "burst":
+            tag = f"{os.getpid()}"
+            values = [f"{tag}-{i}" for i in range(int(arg))]
+            results = await asyncio.gather(
+                *(agent.store_value(v) for v in values), return_exceptions=True
+            )
+            emit({
+                "acked": [v for v, r in zip(values, results, strict=True)
+                          if not isinstance(r, BaseException)],
+                "errors": [str(r) for r in results if isinstance(r, BaseException)],
+            })
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""))
