@@ -107,6 +107,8 @@ def test_restore_checks_the_backup_first(tree: Path) -> None:
 def test_restore_refuses_while_a_node_has_the_files_open(tree: Path) -> None:
     """A running node (any process holding a database open) blocks restore."""
     dest = _backup(tree)
-    with hold_open(all_databases(tree / "data")[0]) as holder:
-        with pytest.raises(ServicesRunningError, match=str(holder.pid)):
-            backup.restore(dest, tree / "config", tree / "data", tree / "backups", force=True)
+    with (
+        hold_open(all_databases(tree / "data")[0]) as holder,
+        pytest.raises(ServicesRunningError, match=str(holder.pid)),
+    ):
+        backup.restore(dest, tree / "config", tree / "data", tree / "backups", force=True)

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,17 @@ from persistent_agent.errors import ServiceUnavailableError
 TIMEOUT_VAR = "CLIENT_TIMEOUT_SECONDS"
 DEFAULT_TIMEOUT = 30.0
 _RETRY_PAUSE = 0.5
+
+
+def use_unique_node_id() -> None:
+    """Give this client process its own node id, unless the user chose one.
+
+    The runtime derives a client's id from host + script + flags, so two
+    clients run at once from one machine get the same id, and the sentinel
+    rebinds the route to whichever attached last: the other's replies go astray
+    and its calls time out. FAME_NODE_ID_SALT is the runtime's knob for this.
+    """
+    os.environ.setdefault("FAME_NODE_ID_SALT", f"client-{uuid.uuid4().hex}")
 
 
 def format_state(state: Any) -> str:
@@ -56,6 +68,7 @@ async def _session(call: Callable[[Any], Any], deadline: float) -> Any:
 
 async def run(value: str | None = None, out: Callable[[str], None] = print) -> None:
     """Retrieve the previous state, store *value* (default: now in ms), print both."""
+    use_unique_node_id()
     timeout = timeout_seconds()
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None

@@ -145,3 +145,16 @@ def test_missing_config_is_one_line(nodes: LocalNodes) -> None:
     shutil.move(config_files.env_file(nodes.config_dir, "agent"), nodes.config_dir / "moved")
     with pytest.raises(LocalNodeError, match="make init"):
         nodes.start("agent")
+
+
+def test_clients_started_together_all_succeed(nodes: LocalNodes) -> None:
+    """Several clients at once from one host each get their own node id and answer."""
+    nodes.start_all()
+    argv, env = nodes.client_command()
+    procs = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    results = [(*p.communicate(timeout=60), p.returncode) for p in procs]
+    assert [code for _out, _err, code in results] == [0, 0, 0, 0], [r[1] for r in results]
+    assert all("Updated state: " in out for out, _err, _code in results)

@@ -1,0 +1,225 @@
+"""Proof under faults and load, with real sentinel and agent processes.
+
+Crashes (kill -9 during writes), tampering, concurrent clients, bad input,
+bad settings, and the master key's absence from every log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from persistent_agent import config_files, database, inspection, layout
+from persistent_agent.agent import STATE_NAMESPACE
+from persistent_agent.local_nodes import LocalNodeError, LocalNodes
+
+from ..conftest import REPO, checksums
+
+pytestmark = pytest.mark.e2e
+
+
+def driver(nodes: LocalNodes, *args: str, timeout: float = 60) -> Any:
+    """Run one driver command and return its (last) JSON line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.e2e.driver", *args], cwd=REPO, env=nodes.env("client"),
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def verify_ok(nodes: LocalNodes) -> None:
+    reports = inspection.verify(nodes.config_dir, nodes.data_dir)
+    assert reports
+    assert [r.line() for r in reports if r.problem] == []
+
+
+@pytest.mark.slow
+def test_kill_9_during_writes_loses_no_acknowledged_value(nodes: LocalNodes) -> None:
+    """20 times: kill -9 the agent mid-stream; the last acknowledged value survives."""
+    nodes.start_all()
+    rng = random.Random(7)  # noqa: S311 - reproducible crash timing, not crypto
+    next_value, crashes, acked_total, lost = 0, 0, 0, 0
+    for _ in range(20):
+        with subprocess.Popen(
+            [sys.executable, "-m", "tests.e2e.driver", "stream", str(next_value)],
+            cwd=REPO, env=nodes.env("client"), stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True,
+        ) as stream:
+            time.sleep(rng.uniform(1.0, 2.0))
+            assert nodes.kill("agent")
+            crashes += 1
+            time.sleep(0.2)
+            stream.send_signal(signal.SIGKILL)
+            out, _ = stream.communicate()
+        acked = [int(line) for line in out.split()]
+        assert acked, "no write was acknowledged before the crash"
+        acked_total += len(acked)
+        verify_ok(nodes)  # straight after the crash, WAL and all
+        nodes.start("agent")
+        stored = int(driver(nodes, "retrieve")["value"])
+        lost += stored < acked[-1]
+        assert stored >= acked[-1], f"acknowledged {acked[-1]} but read back {stored}"
+        assert stored <= acked[-1] + 1  # at most the one write in flight
+        next_value = stored + 1
+    verify_ok(nodes)
+    print(f"\ncrash test: {crashes} kill -9 survived, {acked_total} acknowledged writes, "
+          f"{lost} lost")
+
+
+def test_tampered_database_stops_the_agent_and_is_left_as_it_was(nodes: LocalNodes) -> None:
+    """One flipped byte in the agent's state file: startup fails naming it; file untouched."""
+    nodes.start_all()
+    driver(nodes, "store", '"before tamper"')
+    nodes.stop("agent")
+    target = nodes.data_dir / "agent" / layout.file_name(STATE_NAMESPACE)
+    raw = bytearray(target.read_bytes())
+    raw[len(raw) - 100] ^= 0x40
+    target.write_bytes(bytes(raw))
+    before = checksums(nodes.data_dir / "agent")
+    with pytest.raises(LocalNodeError, match=str(target)):
+        nodes.start("agent")
+    reports = inspection.verify(nodes.config_dir, nodes.data_dir)
+    assert [r.database.path for r in reports if r.problem] == [target]
+    assert checksums(nodes.data_dir / "agent") == before
+
+
+@pytest.mark.slow
+def test_eight_clients_with_fifty_concurrent_writes_each(nodes: LocalNodes) -> None:
+    """8 processes x 50 concurrent store_value: no errors, the final value is an acked one."""
+    nodes.start_all()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.e2e.driver", "burst", "50"], cwd=REPO,
+            env=nodes.env("client"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(8)
+    ]
+    acked: list[str] = []
+    errors: list[str] = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        doc = json.loads(out.strip().splitlines()[-1])
+        acked += doc["acked"]
+        errors += doc["errors"]
+    assert errors == []
+    assert len(acked) == 400
+    final = driver(nodes, "retrieve")["value"]
+    assert final in acked
+    verify_ok(nodes)
+    print(f"\nconcurrency: 8 clients x 50 concurrent calls, {len(acked)} acknowledged, "
+          f"{len(errors)} errors, final value {final} is one of them")
+
+
+def test_bad_input_is_stored_faithfully_or_refused_cleanly(
+    nodes: LocalNodes, tmp_path: Path
+) -> None:
+    """Non-string, empty, non-ASCII and 5 MB values; the previous state survives refusals."""
+    nodes.start_all()
+    assert driver(nodes, "store", '"first"')["ok"]["value"] == "first"
+
+    refused = driver(nodes, "store", "123")
+    assert refused["error"] == "store_value expects a string, got int"
+    assert driver(nodes, "retrieve")["value"] == "first"
+
+    text = "héllo ☃ 日本語 \U0001f600 \"quoted\" \\ back"
+    assert driver(nodes, "store", json.dumps(text))["ok"]["value"] == text
+    assert driver(nodes, "retrieve")["value"] == text
+
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps("x" * 5_000_000))
+    too_big = driver(nodes, "store", f"@{big}")
+    assert "exceeds maximum" in too_big["error"]
+    assert driver(nodes, "retrieve")["value"] == text
+
+    assert driver(nodes, "store", '""')["ok"]["value"] == ""
+    assert driver(nodes, "retrieve")["value"] == ""
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FAME_STORAGE_PROFILE": "bogus"}, "'bogus' is not a storage profile"),
+        ({"FAME_STORAGE_MASTER_KEY": "tooshort"}, "must be 64 hex characters"),
+        ({"FAME_STORAGE_MASTER_KEY": ""}, "FAME_STORAGE_MASTER_KEY is not set"),
+        ({"FAME_STORAGE_DB_DIRECTORY": "/proc/version/db"}, "FAME_STORAGE_DB_DIRECTORY"),
+    ],
+)
+def test_bad_settings_are_one_clear_line(
+    nodes: LocalNodes, env: dict[str, str], message: str
+) -> None:
+    """Bad storage settings: the agent exits non-zero with one line, no traceback."""
+    nodes.extra_env.update(env)
+    with pytest.raises(LocalNodeError, match=message):
+        nodes.start("agent")
+    log = nodes.log_file("agent").read_text().strip().splitlines()
+    assert len(log) == 1
+    assert log[0].startswith("persistent-agent: error: ")
+
+
+def test_newer_state_version_stops_the_agent_untouched(nodes: LocalNodes) -> None:
+    """State from an unknown newer schema: the agent refuses to start and keeps it."""
+    path = nodes.data_dir / "agent" / layout.file_name(STATE_NAMESPACE)
+    key = config_files.node_key(nodes.config_dir, "agent").database_key(STATE_NAMESPACE)
+    with database.opened(path, key) as conn:
+        conn.execute("INSERT INTO kv (key, value) VALUES ('state', ?)",
+                     ('{"schema_version": 9, "value": "from the future"}',))
+    before = checksums(nodes.data_dir / "agent")[path.name]
+    nodes.start("sentinel")
+    with pytest.raises(LocalNodeError, match="schema_version 9"):
+        nodes.start("agent")
+    assert checksums(nodes.data_dir / "agent")[path.name] == before
+
+
+def test_master_key_never_appears_in_logs_or_tool_output(nodes: LocalNodes) -> None:
+    """Logs, client output (verbose too) and every admin command are free of the key."""
+    key = config_files.read_key(config_files.env_file(nodes.config_dir, "agent"))
+    assert key is not None
+    nodes.extra_env["FAME_LOG_LEVEL"] = "debug"
+    nodes.start_all()
+    argv, env = nodes.client_command(verbose=True)
+    outputs = [subprocess.run(argv, env=env, capture_output=True, text=True, check=True)]
+    admin = [sys.executable, "-m", "persistent_agent.admin",
+             "--config-dir", str(nodes.config_dir), "--data-dir", str(nodes.data_dir),
+             "--backups-dir", str(nodes.run_dir / "backups")]
+    for command in (["verify"], ["inspect"], ["backup"], ["init"]):
+        outputs.append(subprocess.run([*admin, *command], capture_output=True, text=True,
+                                      check=True))
+    nodes.stop_all()
+    outputs.append(subprocess.run([*admin, "rotate-key"], capture_output=True, text=True,
+                                  check=True))
+    texts = [o.stdout + o.stderr for o in outputs]
+    texts += [p.read_text() for p in nodes.run_dir.glob("*.log")]
+    assert "Updated state" in texts[0]
+    assert len(texts[-1]) > 0
+    assert all(key not in text for text in texts)
+    assert all(key.upper() not in text for text in texts)
+
+
+def test_key_bearing_files_and_databases_are_owner_only(nodes: LocalNodes) -> None:
+    """Generated config, databases, their sidecars and backups are all 0600."""
+    nodes.start_all()
+    subprocess.run(
+        [sys.executable, "-m", "persistent_agent.admin", "--config-dir", str(nodes.config_dir),
+         "--data-dir", str(nodes.data_dir), "--backups-dir", str(nodes.run_dir / "bk"), "backup"],
+        check=True, capture_output=True,
+    )
+    files = [config_files.env_file(nodes.config_dir, r) for r in config_files.ROLES]
+    files += [p for p in nodes.data_dir.rglob("*") if p.is_file()]
+    files += [p for p in (nodes.run_dir / "bk").rglob("*") if p.is_file()]
+    assert any(p.name.endswith("-wal") for p in files)
+    loose = [f"{p} {oct(stat.S_IMODE(p.stat().st_mode))}" for p in files
+             if stat.S_IMODE(p.stat().st_mode) != 0o600]
+    assert loose == []
+    assert os.stat(nodes.data_dir).st_mode & 0o777 == 0o700
