@@ -132,8 +132,11 @@ test-docker: install ## Drive the compose flow against a real Docker engine (PYT
 	PYTHON_IMAGE=$(PYTHON_IMAGE) $(PY) -m pytest -m docker $(PYTEST_ARGS)
 
 lint: install ## ruff on everything, mypy (strict) on src/
-	$(VENV)/bin/ruff check src tests client scripts
+	$(VENV)/bin/ruff check src tests client scripts bench
 	$(VENV)/bin/mypy
+
+bench: install ## Benchmark: our provider vs the runtime's, RPC latency, startup (ratios, one run)
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean: ## Stop everything, then remove data/, generated config (keys) and run/
 	@if [ -x $(ADMIN) ]; then $(ADMIN) local-stop; fi

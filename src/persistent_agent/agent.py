@@ -3,7 +3,8 @@
 State goes through the SDK's state API (``async with self.state``) into the
 node's storage provider, in the ``agent_state`` namespace, which the SQLCipher
 provider keeps in ``agent_state_encrypted_value.db``. Transactions are
-all-or-nothing and the state carries a schema version (see ``state``).
+all-or-nothing and the state carries a schema version (see ``state``); replies
+skip the SDK's per-reply pause (see ``replies``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, ClassVar
 
 from naylence.fame.service import operation
 
+from persistent_agent.replies import UnaryReplyMixin
 from persistent_agent.state import Migration, TransactionalAgent, VersionedAgentState
 
 STATE_NAMESPACE = "agent_state"
@@ -33,7 +35,7 @@ class CustomAgentState(VersionedAgentState):
     updated_at: float | None = None  # Unix time of the last store_value
 
 
-class PersistentAgent(TransactionalAgent[CustomAgentState]):
+class PersistentAgent(UnaryReplyMixin, TransactionalAgent[CustomAgentState]):
     """Stores one value and returns it, across restarts of either node."""
 
     def __init__(self) -> None:

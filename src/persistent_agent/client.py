@@ -18,6 +18,7 @@ from typing import Any
 
 from persistent_agent import AGENT_ADDR
 from persistent_agent.errors import ServiceUnavailableError
+from persistent_agent.logs import filter_disabled_levels
 
 TIMEOUT_VAR = "CLIENT_TIMEOUT_SECONDS"
 DEFAULT_TIMEOUT = 30.0
@@ -69,6 +70,7 @@ async def _session(call: Callable[[Any], Any], deadline: float) -> Any:
 async def run(value: str | None = None, out: Callable[[str], None] = print) -> None:
     """Retrieve the previous state, store *value* (default: now in ms), print both."""
     use_unique_node_id()
+    filter_disabled_levels()
     timeout = timeout_seconds()
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None

@@ -19,6 +19,7 @@ from typing import Any
 from dotenv import load_dotenv
 
 from persistent_agent.errors import PersistentAgentError, StorageProfileError, find_error
+from persistent_agent.logs import filter_disabled_levels
 
 ENV_FILE_VAR = "PERSISTENT_AGENT_ENV_FILE"
 READY_FILE_VAR = "PERSISTENT_AGENT_READY_FILE"
@@ -81,6 +82,7 @@ async def serve(start: Callable[[Any], Awaitable[None]], root_config: dict[str, 
     from naylence.fame.util.logging import enable_logging
 
     enable_logging(log_level=log_level())
+    filter_disabled_levels()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,365 @@
+"""`make bench`: our SQLCipher provider side by side with the runtime's, in one run.
+
+Prints a markdown table and writes the same figures as JSON under
+bench-results/. Shared, noisy machines make absolute numbers drift, so the
+figures that matter are the ratios, all measured in this one run.
+
+    python bench/run.py [--quick] [--out bench-results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("FAME_LOG_LEVEL", "critical")
+
+
+class Record(BaseModel):
+    value: str
+
+
+KEYS = [f"key-{i:03d}" for i in range(100)]
+VALUE = "v" * 100
+
+
+# ---------------------------------------------------------------- storage
+async def _time_ops(n: int, op: Callable[[int], Awaitable[Any]]) -> float:
+    started = time.perf_counter()
+    for i in range(n):
+        await op(i)
+    return n / (time.perf_counter() - started)
+
+
+async def _bench_store(store: Any, n_set: int, n_get: int) -> dict[str, float]:
+    records = [Record(value=f"{VALUE}{i}") for i in range(len(KEYS))]
+    for key, record in zip(KEYS, records, strict=True):  # warm up: every key exists
+        await store.set(key, record)
+    sets = await _time_ops(n_set, lambda i: store.set(KEYS[i % 100], records[i % 100]))
+    gets = await _time_ops(n_get, lambda i: store.get(KEYS[i % 100]))
+    return {"set_per_s": sets, "get_per_s": gets}
+
+
+async def _raw_sqlcipher(directory: Path, n_set: int, n_get: int) -> dict[str, float]:
+    """The physical limit: one persistent connection, same statements and pragmas."""
+    import sqlcipher3.dbapi2 as sqlcipher
+
+    conn = sqlcipher.connect(str(directory / "raw.db"), isolation_level=None)
+    conn.execute("PRAGMA cipher_log_level = NONE")
+    conn.execute("PRAGMA key = \"x'" + "ab" * 32 + "'\"")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL)")
+    docs = [Record(value=f"{VALUE}{i}").model_dump_json() for i in range(100)]
+    upsert = (
+        "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(key) "
+        "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+    )
+    for key, doc in zip(KEYS, docs, strict=True):
+        conn.execute(upsert, (key, doc, 0.0))
+
+    async def put(i: int) -> None:
+        conn.execute(upsert, (KEYS[i % 100], docs[i % 100], time.time()))
+
+    async def get(i: int) -> None:
+        conn.execute("SELECT value FROM kv WHERE key = ?", (KEYS[i % 100],)).fetchone()
+
+    result = {"set_per_s": await _time_ops(n_set, put), "get_per_s": await _time_ops(n_get, get)}
+    conn.close()
+    return result
+
+
+async def bench_storage(quick: bool) -> dict[str, dict[str, float]]:
+    from naylence.fame.factory import create_resource
+    from naylence.fame.storage import storage_profile_factory as builtin
+    from naylence.fame.storage.storage_provider_factory import StorageProviderFactory
+
+    from persistent_agent.keys import generate_master_key, parse_master_key
+    from persistent_agent.storage_provider import SQLCipherStorageProvider
+
+    n_set, n_get = (1000, 3000) if quick else (4000, 12000)
+    results: dict[str, dict[str, float]] = {}
+    key_hex = generate_master_key()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        os.environ["FAME_STORAGE_MASTER_KEY"] = key_hex
+
+        ours = SQLCipherStorageProvider(root / "ours", parse_master_key(key_hex))
+        results["ours (SQLCipher)"] = await _bench_store(
+            await ours.get_kv_store(Record, "bench"), n_set, n_get
+        )
+        ours.close()
+
+        # The runtime's providers exactly as its stock profiles configure them
+        # (the encrypted one with its value cache on), built from its own dicts.
+        uncached = {**builtin.ENCRYPTED_SQLITE_PROFILE, "is_cached": False}
+        for label, profile, sub in (
+            ("runtime encrypted-sqlite", builtin.ENCRYPTED_SQLITE_PROFILE, "builtin-enc"),
+            ("runtime encrypted-sqlite, cache off", uncached, "builtin-enc-nocache"),
+            ("runtime sqlite (plain)", builtin.SQLITE_PROFILE, "builtin-plain"),
+        ):
+            os.environ["FAME_STORAGE_DB_DIRECTORY"] = str(root / sub)
+            if "plain" in sub:
+                os.environ.pop("FAME_STORAGE_MASTER_KEY", None)
+            provider = await create_resource(StorageProviderFactory, dict(profile))
+            results[label] = await _bench_store(
+                await provider.get_kv_store(Record, "bench"), n_set, n_get
+            )
+        (root / "raw").mkdir()
+        results["raw sqlcipher3 (limit)"] = await _raw_sqlcipher(root / "raw", n_set, n_get)
+    return results
+
+
+# ---------------------------------------------------------------- end to end
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _nodes(root: Path, profile: str) -> Any:
+    from persistent_agent import config_files
+    from persistent_agent.local_nodes import LocalNodes
+
+    config = root / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    for example in (REPO / "config").glob(".env.*.example"):
+        shutil.copy(example, config / example.name)
+    config_files.init(config, root / "data")
+    return LocalNodes(
+        config, root / "data", root / "run", port=_free_port(),
+        extra_env={"FAME_STORAGE_PROFILE": profile, "FAME_LOG_LEVEL": "critical"},
+    )
+
+
+def _client_env(nodes: Any) -> None:
+    """This process becomes a client of *nodes*' sentinel (memory storage, own id)."""
+    from persistent_agent.client import use_unique_node_id
+
+    os.environ["FAME_DIRECT_ADMISSION_URL"] = nodes.admission_url()
+    os.environ["FAME_STORAGE_PROFILE"] = "memory"
+    use_unique_node_id()
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _rpc_batch(agent: Any, calls: int, concurrency: int, latencies: list[float]) -> float:
+    """*calls* alternating store/retrieve calls, *concurrency* in flight; returns seconds."""
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            started = time.perf_counter()
+            if i % 2:
+                await agent.retrieve_value()
+            else:
+                await agent.store_value(f"value-{i}")
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(calls)))
+    return time.perf_counter() - started
+
+
+async def _rpc_interleaved(
+    stacks: dict[str, Any], calls: int, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Both profiles' stacks run side by side; batches alternate between them so
+    that drift on a shared machine hits both equally."""
+    from naylence.agent import Agent, configs
+    from naylence.fame.core import FameFabric
+
+    from persistent_agent import AGENT_ADDR
+
+    samples: dict[str, list[float]] = {}
+    elapsed: dict[str, float] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        agents = {}
+        for profile, nodes in stacks.items():
+            _client_env(nodes)
+            fabric = await stack.enter_async_context(
+                FameFabric.create(root_config=configs.CLIENT_CONFIG)
+            )
+            agents[profile] = Agent.remote_by_address(AGENT_ADDR, fabric=fabric)
+            for i in range(20):  # warm up
+                await agents[profile].store_value(f"warm-{i}")
+        for concurrency in (1, 32):
+            for r in range(rounds):
+                order = list(stacks) if r % 2 == 0 else list(reversed(stacks))
+                for profile in order:
+                    label = f"{profile}, {'sequential' if concurrency == 1 else '32 concurrent'}"
+                    took = await _rpc_batch(
+                        agents[profile], calls // rounds, concurrency,
+                        samples.setdefault(label, []),
+                    )
+                    elapsed[label] = elapsed.get(label, 0.0) + took
+    return {
+        label: {
+            "p50_ms": _percentile(values, 0.5) * 1000,
+            "p99_ms": _percentile(values, 0.99) * 1000,
+            "req_per_s": len(values) / elapsed[label],
+        }
+        for label, values in samples.items()
+    }
+
+
+def bench_rpc(quick: bool) -> dict[str, dict[str, float]]:
+    calls, rounds = (160, 4) if quick else (640, 8)
+    with tempfile.TemporaryDirectory() as tmp:
+        stacks = {p: _nodes(Path(tmp) / p, p) for p in ("memory", "encrypted-sqlite")}
+        try:
+            for nodes in stacks.values():
+                nodes.start_all()
+            results = asyncio.run(_rpc_interleaved(stacks, calls, rounds))
+        finally:
+            for nodes in stacks.values():
+                nodes.stop_all()
+    return dict(sorted(results.items(), key=lambda kv: ("32" in kv[0], kv[0])))
+
+
+def bench_startup() -> dict[str, float]:
+    """Seconds from launching the agent process to its first answered RPC."""
+    from naylence.agent import Agent, configs
+    from naylence.fame.core import FameFabric
+
+    from persistent_agent import AGENT_ADDR
+
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        nodes = _nodes(Path(tmp), "encrypted-sqlite")
+        nodes.start("sentinel")
+        _client_env(nodes)
+
+        async def first_answer() -> float:
+            async with FameFabric.create(root_config=configs.CLIENT_CONFIG):
+                agent = Agent.remote_by_address(AGENT_ADDR)
+                started = time.perf_counter()
+                import subprocess
+
+                env = nodes.env("agent")
+                with open(nodes.log_file("agent"), "ab") as log:
+                    proc = subprocess.Popen(
+                        [nodes.python, "-m", "persistent_agent"], env=env,
+                        stdout=log, stderr=subprocess.STDOUT,
+                    )
+                nodes.pid_file("agent").write_text(str(proc.pid))
+                while True:
+                    try:
+                        # Short per-try timeout: a call sent while the sentinel
+                        # still holds the previous agent's route is lost, not
+                        # refused, and would otherwise wait out the RPC timeout.
+                        await asyncio.wait_for(agent.retrieve_value(), 0.25)
+                        break
+                    except Exception:  # not attached yet (Unroutable) or lost
+                        await asyncio.sleep(0.01)
+                elapsed = time.perf_counter() - started
+                await agent.store_value("x" * 100)
+            nodes.stop("agent")
+            proc.wait()
+            return elapsed
+
+        try:
+            results["empty data"] = asyncio.run(first_answer())
+            results["existing encrypted data"] = asyncio.run(first_answer())
+        finally:
+            nodes.stop_all()
+    return results
+
+
+# ---------------------------------------------------------------- report
+def table(storage: dict[str, Any], rpc: dict[str, Any], startup: dict[str, float]) -> str:
+    ours = storage["ours (SQLCipher)"]
+    builtin = storage["runtime encrypted-sqlite"]
+    uncached = storage["runtime encrypted-sqlite, cache off"]
+    raw = storage["raw sqlcipher3 (limit)"]
+    lines = [
+        "### Storage (100 keys, ~100-byte values; one run)",
+        "",
+        "| provider | set/s | get/s |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [
+        f"| {k} | {v['set_per_s']:,.0f} | {v['get_per_s']:,.0f} |" for k, v in storage.items()
+    ]
+    lines += [
+        "",
+        "| ratio | set | get |",
+        "| --- | ---: | ---: |",
+        f"| ours / runtime encrypted-sqlite | {ours['set_per_s'] / builtin['set_per_s']:.2f}x "
+        f"| {ours['get_per_s'] / builtin['get_per_s']:.2f}x |",
+        f"| ours / runtime encrypted-sqlite, cache off "
+        f"| {ours['set_per_s'] / uncached['set_per_s']:.2f}x "
+        f"| {ours['get_per_s'] / uncached['get_per_s']:.2f}x |",
+        f"| ours / raw sqlcipher3 | {ours['set_per_s'] / raw['set_per_s']:.2f}x "
+        f"| {ours['get_per_s'] / raw['get_per_s']:.2f}x |",
+        "",
+        "### End to end: store_value/retrieve_value through sentinel and agent on loopback",
+        "",
+        "| profile, load | p50 ms | p99 ms | req/s |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {k} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['req_per_s']:,.0f} |"
+        for k, v in rpc.items()
+    ]
+    mem = rpc.get("memory, sequential")
+    enc = rpc.get("encrypted-sqlite, sequential")
+    if mem and enc:
+        lines += ["", f"encrypted-sqlite / memory p50 (sequential): "
+                      f"{enc['p50_ms'] / mem['p50_ms']:.3f}x"]
+    lines += ["", "### Agent startup to first answered RPC", "", "| data | seconds |",
+              "| --- | ---: |"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in startup.items()]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer operations (smoke run)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench-results")
+    args = parser.parse_args()
+
+    storage = asyncio.run(bench_storage(args.quick))
+    rpc = bench_rpc(args.quick)
+    startup = bench_startup()
+    report = table(storage, rpc, startup)
+    print(report)
+
+    from importlib.metadata import version
+
+    import naylence.fame  # noqa: F401 - for the version below
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    doc = {
+        "when": stamp, "python": platform.python_version(), "cpus": os.cpu_count(),
+        "runtime": version("naylence-runtime"), "sqlcipher3": version("sqlcipher3"),
+        "storage": storage, "rpc": rpc, "startup_s": startup,
+    }
+    (args.out / f"bench-{stamp}.json").write_text(json.dumps(doc, indent=2))
+    (args.out / "latest.md").write_text(report + "\n")
+    print(f"\n(figures also in {args.out}/bench-{stamp}.json)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
