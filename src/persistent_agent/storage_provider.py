@@ -35,10 +35,20 @@ class SQLCipherKeyValueStore(KeyValueStore[V]):
     loop never sees a half-done operation (no lock is needed).
     """
 
+    # Built once: these run on every RPC's hot path.
+    _UPSERT = (
+        f"INSERT INTO {database.TABLE} (key, value, updated_at) VALUES (?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+    )
+    _UPDATE = f"UPDATE {database.TABLE} SET value = ?, updated_at = ? WHERE key = ?"
+    _SELECT = f"SELECT value FROM {database.TABLE} WHERE key = ?"
+    _DELETE = f"DELETE FROM {database.TABLE} WHERE key = ?"
+
     def __init__(self, conn: Any, model_cls: type[V], path: Path) -> None:
         self._conn = conn
         self._model_cls = model_cls
         self._path = path
+        self._validate_json = model_cls.model_validate_json
 
     def _dump(self, value: V) -> str:
         if not isinstance(value, self._model_cls):
@@ -53,31 +63,19 @@ class SQLCipherKeyValueStore(KeyValueStore[V]):
             # BaseAgent.clear_state() stores None; take it to mean "no value".
             await self.delete(key)
             return
-        self._conn.execute(
-            f"INSERT INTO {database.TABLE} (key, value, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
-            "updated_at = excluded.updated_at",
-            (key, self._dump(value), time.time()),
-        )
+        self._conn.execute(self._UPSERT, (key, self._dump(value), time.time()))
 
     async def update(self, key: str, value: V) -> None:
-        cursor = self._conn.execute(
-            f"UPDATE {database.TABLE} SET value = ?, updated_at = ? WHERE key = ?",
-            (self._dump(value), time.time(), key),
-        )
+        cursor = self._conn.execute(self._UPDATE, (self._dump(value), time.time(), key))
         if cursor.rowcount == 0:
             raise KeyError(f"Key '{key}' not found for update.")
 
     async def get(self, key: str) -> V | None:
-        row = self._conn.execute(
-            f"SELECT value FROM {database.TABLE} WHERE key = ?", (key,)
-        ).fetchone()
-        if row is None:
-            return None
-        return self._model_cls.model_validate_json(row[0])
+        row = self._conn.execute(self._SELECT, (key,)).fetchone()
+        return None if row is None else self._validate_json(row[0])
 
     async def delete(self, key: str) -> None:
-        self._conn.execute(f"DELETE FROM {database.TABLE} WHERE key = ?", (key,))
+        self._conn.execute(self._DELETE, (key,))
 
     async def list(self) -> dict[str, V]:
         result: dict[str, V] = {}
