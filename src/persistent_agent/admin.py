@@ -162,7 +162,8 @@ def _rotate_key(args: argparse.Namespace) -> int:
     print(
         f"rotate-key: {len(result.rekeyed)} databases re-keyed, "
         f"{len(result.already_done)} already under the new key{resumed}; "
-        "config/.env.* updated. Backups taken before keep needing the old key."
+        "config/.env.* updated. Backups taken before keep needing the old key: "
+        "take a new one (make backup)."
     )
     return 0
 
