@@ -23,6 +23,10 @@ from persistent_agent.logs import filter_disabled_levels
 TIMEOUT_VAR = "CLIENT_TIMEOUT_SECONDS"
 DEFAULT_TIMEOUT = 30.0
 _RETRY_PAUSE = 0.5
+# A call sent while the sentinel still routes to an agent's previous, dead
+# connection is lost rather than refused; without a per-call limit it would
+# wait out the runtime's 30 s RPC timeout and use up the whole budget.
+_CALL_TIMEOUT = 5.0
 
 
 def use_unique_node_id() -> None:
@@ -58,13 +62,19 @@ def timeout_seconds() -> float:
         raise ServiceUnavailableError(f"{TIMEOUT_VAR} must be a number of seconds") from None
 
 
-async def _session(call: Callable[[Any], Any], deadline: float) -> Any:
+async def _session(value: str, deadline: float) -> tuple[Any, Any]:
+    """One connection: retrieve, then store *value*; each call bounded in time."""
     from naylence.agent import Agent, configs
     from naylence.fame.core import FameFabric
 
+    def limit() -> float:
+        return max(min(_CALL_TIMEOUT, deadline - time.monotonic()), 0.1)
+
     async with FameFabric.create(root_config=configs.CLIENT_CONFIG):
         agent = Agent.remote_by_address(AGENT_ADDR)
-        return await asyncio.wait_for(call(agent), max(deadline - time.monotonic(), 0.1))
+        previous = await asyncio.wait_for(agent.retrieve_value(), limit())
+        updated = await asyncio.wait_for(agent.store_value(value), limit())
+        return previous, updated
 
 
 async def run(value: str | None = None, out: Callable[[str], None] = print) -> None:
@@ -74,18 +84,18 @@ async def run(value: str | None = None, out: Callable[[str], None] = print) -> N
     timeout = timeout_seconds()
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
-
-    async def exchange(agent: Any) -> None:
-        previous = await agent.retrieve_value()
-        out(f"Previous state: {format_state(previous)}")
-        updated = await agent.store_value(value if value is not None else now_millis())
-        out(f"Updated state: {format_state(updated)}")
+    # Chosen once: a retried store writes the same value (storing is idempotent).
+    new_value = value if value is not None else now_millis()
 
     from naylence.fame.errors.errors import FameConnectError, FameTransportClose
 
     while time.monotonic() < deadline:
         try:
-            await asyncio.wait_for(_session(exchange, deadline), deadline - time.monotonic())
+            previous, updated = await asyncio.wait_for(
+                _session(new_value, deadline), deadline - time.monotonic()
+            )
+            out(f"Previous state: {format_state(previous)}")
+            out(f"Updated state: {format_state(updated)}")
             return
         except (Exception, FameConnectError, FameTransportClose) as exc:
             # An unreachable sentinel raises FameConnectError (a BaseException

@@ -16,12 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from persistent_agent.errors import ConfigError, MasterKeyError
-from persistent_agent.keys import ENV_VAR, MasterKey, generate_master_key, parse_master_key
+from persistent_agent.keys import (
+    ENV_VAR,
+    NEXT_ENV_VAR,
+    MasterKey,
+    generate_master_key,
+    parse_master_key,
+)
 from persistent_agent.layout import NODE_ROLES, all_databases, node_data_dirs
 
 ROLES = ("sentinel", "agent", "client")
 PLACEHOLDER = "${" + ENV_VAR + "}"
-NEXT_VAR = ENV_VAR + "_NEXT"  # the key an unfinished rotate-key is moving to
+NEXT_VAR = NEXT_ENV_VAR
 
 
 def _line(name: str) -> re.Pattern[str]:

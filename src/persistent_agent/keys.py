@@ -19,6 +19,7 @@ from persistent_agent.errors import MasterKeyError
 
 KEY_BYTES = 32
 ENV_VAR = "FAME_STORAGE_MASTER_KEY"
+NEXT_ENV_VAR = ENV_VAR + "_NEXT"  # the key an unfinished rotate-key is moving to
 
 # Versioned so that a future change of derivation can coexist with old files.
 _HKDF_SALT = b"persistent-agent/sqlcipher/v1"

@@ -57,11 +57,11 @@ def check_storage() -> None:
             )
     if profile == factory.PROFILE_NAME:
         from persistent_agent.database import ensure_directory
-        from persistent_agent.keys import ENV_VAR, parse_master_key
+        from persistent_agent.keys import ENV_VAR, NEXT_ENV_VAR, parse_master_key
 
-        if os.environ.get(ENV_VAR + "_NEXT"):
+        if os.environ.get(NEXT_ENV_VAR):
             raise PersistentAgentError(
-                "a key rotation was interrupted (FAME_STORAGE_MASTER_KEY_NEXT is set); "
+                f"a key rotation was interrupted ({NEXT_ENV_VAR} is set); "
                 "run `make rotate-key` again to finish it"
             )
         parse_master_key(os.environ.get(ENV_VAR))

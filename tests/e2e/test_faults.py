@@ -154,6 +154,7 @@ def test_bad_input_is_stored_faithfully_or_refused_cleanly(
         ({"FAME_STORAGE_MASTER_KEY": "tooshort"}, "must be 64 hex characters"),
         ({"FAME_STORAGE_MASTER_KEY": ""}, "FAME_STORAGE_MASTER_KEY is not set"),
         ({"FAME_STORAGE_DB_DIRECTORY": "/proc/version/db"}, "FAME_STORAGE_DB_DIRECTORY"),
+        ({"FAME_STORAGE_MASTER_KEY_NEXT": "ab" * 32}, "key rotation was interrupted"),
     ],
 )
 def test_bad_settings_are_one_clear_line(

@@ -158,3 +158,20 @@ def test_clients_started_together_all_succeed(nodes: LocalNodes) -> None:
     results = [(*p.communicate(timeout=60), p.returncode) for p in procs]
     assert [code for _out, _err, code in results] == [0, 0, 0, 0], [r[1] for r in results]
     assert all("Updated state: " in out for out, _err, _code in results)
+
+
+def test_client_rides_out_an_agent_restart(nodes: LocalNodes) -> None:
+    """A client started while the agent is down succeeds once it is back."""
+    nodes.start_all()
+    first = stored_value(run_client(nodes).stdout)
+    nodes.stop("agent")
+    argv, env = nodes.client_command()
+    env["CLIENT_TIMEOUT_SECONDS"] = "25"
+    with subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as client:
+        time.sleep(3)
+        nodes.start("agent")
+        out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err
+    assert out.splitlines()[0] == f"Previous state: {first}"
