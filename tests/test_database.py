@@ -32,15 +32,19 @@ def test_unsafe_namespaces_cannot_escape_or_collide() -> None:
     assert layout.file_name("a/b") != layout.file_name("a_b")
 
 
-def test_wrong_key_raises_and_leaves_files_unchanged(tmp_path: Path) -> None:
-    """A wrong key names the file and changes no byte of it (or its sidecars)."""
+def test_wrong_key_raises_and_leaves_files_unchanged(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong key names the file, changes no byte, and SQLCipher prints nothing itself."""
     path = tmp_path / layout.file_name("ns")
     with database.opened(path, _key()) as conn:
         conn.execute("INSERT INTO kv (key, value) VALUES ('k', '{}')")
     before = checksums(tmp_path)
+    capfd.readouterr()
     with pytest.raises(WrongKeyError, match=str(path)):
         database.open_database(path, _key())
     assert checksums(tmp_path) == before
+    assert capfd.readouterr().err == ""  # no "hmac check failed" lines from SQLCipher
 
 
 def test_whole_file_encryption_hides_header_schema_keys_and_values(tmp_path: Path) -> None:
