@@ -154,7 +154,6 @@ class LocalNodes:
         script = Path(__file__).resolve().parents[2] / "client" / "client.py"
         return [self.python, str(script)], env
 
-
     def _alive(self, pid: int) -> bool:
         """True while *pid* runs; reaps our own children (a zombie is not alive)."""
         child = self._children.get(pid)
