@@ -49,37 +49,6 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
-def export(conn: Any, target: Path, key: bytes) -> int:
-    """Copy the open database *conn* into new file *target* under *key*; return rows.
-
-    ATTACH must happen outside a transaction; the export and the count then
-    run in one, so they describe the same snapshot.
-    """
-    os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    conn.execute("ATTACH DATABASE ? AS target KEY ?", (str(target), f"x'{key.hex()}'"))
-    try:
-        conn.execute("BEGIN")
-        try:
-            rows = int(conn.execute(f"SELECT count(*) FROM {database.TABLE}").fetchone()[0])
-            conn.execute("SELECT sqlcipher_export('target')")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    finally:
-        conn.execute("DETACH DATABASE target")
-    return rows
-
-
-def confirm(path: Path, key: bytes, rows: int) -> None:
-    """Reopen *path* with *key*: it must pass both checks and hold *rows* entries."""
-    with database.opened(path, key, read_only=True) as conn:
-        database.check_integrity(conn, path)
-        found = int(conn.execute(f"SELECT count(*) FROM {database.TABLE}").fetchone()[0])
-    if found != rows:
-        raise BackupError(f"{path} holds {found} entries, expected {rows}")
-
-
 def backup(config_dir: Path, data_dir: Path, backups_dir: Path) -> Path:
     """Snapshot every database into ``backups_dir/<UTC time>/``; return that directory."""
     sources = node_databases(config_dir, data_dir)
@@ -95,8 +64,8 @@ def backup(config_dir: Path, data_dir: Path, backups_dir: Path) -> Path:
     for db in sources:
         target = _private_dir(dest / db.role) / db.path.name
         with database.opened(db.path, db.key, create=False) as conn:
-            rows = export(conn, target, db.key)
-        confirm(target, db.key, rows)
+            rows = database.export(conn, target, db.key)
+        database.confirm(target, db.key, rows)
         node = manifest["nodes"].setdefault(
             db.role, {"key_fingerprint": db.master_key.fingerprint(), "databases": []}
         )
@@ -130,7 +99,7 @@ def verify_backup(backup_dir: Path, config_dir: Path) -> list[NodeDatabase]:
             if not path.is_file() or _sha256(path) != entry["sha256"]:
                 raise BackupError(f"{path} is missing or does not match its checksum")
             db = NodeDatabase(role, path, key)
-            confirm(path, db.key, int(entry["rows"]))
+            database.confirm(path, db.key, int(entry["rows"]))
             checked.append(db)
     return checked
 
@@ -160,7 +129,5 @@ def restore(
         tmp = target.with_name(target.name + ".restore")
         shutil.copyfile(db.path, tmp)
         os.chmod(tmp, 0o600)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        database.replace_durably(tmp, target)
     return RestoreResult(len(files), set_aside)

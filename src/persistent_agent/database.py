@@ -147,6 +147,59 @@ def check_integrity(conn: Any, path: Path) -> None:
         raise DatabaseDamagedError(path, "; ".join(problems[:3]))
 
 
+def row_count(conn: Any) -> int:
+    return int(conn.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0])
+
+
+def export(conn: Any, target: Path, key: bytes) -> int:
+    """Copy the open database *conn* into new file *target* under *key*; return rows.
+
+    This is how backups and key rotation copy a database: through SQLCipher,
+    never by copying a live file. ATTACH must happen outside a transaction;
+    the export and the count then run in one, so they describe one snapshot.
+    """
+    os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    conn.execute("ATTACH DATABASE ? AS target KEY ?", (str(target), f"x'{key.hex()}'"))
+    try:
+        conn.execute("BEGIN")
+        try:
+            count = row_count(conn)
+            conn.execute("SELECT sqlcipher_export('target')")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.execute("DETACH DATABASE target")
+    return count
+
+
+def checked_rows(path: Path, key: bytes) -> int:
+    """Reopen *path* with *key*, require both integrity checks to pass, count its rows."""
+    with opened(path, key, read_only=True) as conn:
+        check_integrity(conn, path)
+        return row_count(conn)
+
+
+def confirm(path: Path, key: bytes, expected_rows: int) -> None:
+    """*path* opens with *key*, passes both checks and holds *expected_rows* entries."""
+    found = checked_rows(path, key)
+    if found != expected_rows:
+        raise DatabaseDamagedError(path, f"holds {found} entries, expected {expected_rows}")
+
+
+def replace_durably(source: Path, target: Path) -> None:
+    """fsync *source*, rename it over *target* atomically, fsync the directory."""
+    with open(source, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(source, target)
+    fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def rows(conn: Any) -> list[tuple[str, str]]:
     """Every (key, value JSON) pair of the kv table, ordered by key."""
     query = f"SELECT key, value FROM {TABLE} ORDER BY key"

@@ -65,7 +65,7 @@ def check(db: NodeDatabase) -> Report:
             problems = database.integrity_problems(conn)
             if problems:
                 return Report(db, None, "; ".join(problems[:3]))
-            count = conn.execute(f"SELECT count(*) FROM {database.TABLE}").fetchone()[0]
+            count = database.row_count(conn)
     except PersistentAgentError as error:
         return Report(db, None, str(error))
     except database.DatabaseError as error:

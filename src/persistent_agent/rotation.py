@@ -12,12 +12,10 @@ point, running it again finishes the job.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from persistent_agent import database
-from persistent_agent.backup import confirm, export
 from persistent_agent.config_files import NEXT_VAR, edit_vars, env_file, node_key, read_var
 from persistent_agent.errors import ConfigError, WrongKeyError
 from persistent_agent.keys import ENV_VAR, MasterKey, generate_master_key, parse_master_key
@@ -52,14 +50,13 @@ def rekey_file(path: Path, old: MasterKey, new: MasterKey) -> bool:
         conn = database.open_database(path, old_key, create=False)
     except WrongKeyError:
         # An interrupted run may have swapped this file in already.
-        confirm_rows = _rows_under(path, new_key)
-        confirm(path, new_key, confirm_rows)
+        database.checked_rows(path, new_key)
         return False
     tmp = path.with_name(path.name + ".rekey")
     tmp.unlink(missing_ok=True)
     try:
         database.check_integrity(conn, path)
-        rows = export(conn, tmp, new_key)
+        rows = database.export(conn, tmp, new_key)
         # Fold the WAL into the file and remove it: frames under the old key
         # must not outlive the file they belong to.
         conn.execute("PRAGMA journal_mode = DELETE")
@@ -68,25 +65,9 @@ def rekey_file(path: Path, old: MasterKey, new: MasterKey) -> bool:
     leftovers = [s for s in sidecars(path) if s.exists()]
     if leftovers:
         raise ConfigError(f"{leftovers[0]} is still there after closing {path}; is a node running?")
-    confirm(tmp, new_key, rows)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    database.confirm(tmp, new_key, rows)
+    database.replace_durably(tmp, path)
     return True
-
-
-def _rows_under(path: Path, key: bytes) -> int:
-    with database.opened(path, key, read_only=True) as conn:
-        return int(conn.execute(f"SELECT count(*) FROM {database.TABLE}").fetchone()[0])
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rotate(config_dir: Path, data_dir: Path) -> RotationResult:

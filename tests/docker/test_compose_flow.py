@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,15 +21,10 @@ from persistent_agent import config_files
 from persistent_agent.keys import generate_master_key
 
 from ..conftest import REPO, checksums, plaintext_hits
+from ..e2e.conftest import free_port
 from ..e2e.test_local_flow import PYTHON_RUNTIME_EXTRAS, SEED_LISTING
 
 pytestmark = pytest.mark.docker
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +56,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-_PORT = _free_port()
+_PORT = free_port()
 
 
 def _make(root: Path, *targets: str, check: bool = True) -> subprocess.CompletedProcess[str]:

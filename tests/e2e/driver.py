@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("FAME_LOG_LEVEL", "critical")
@@ -41,33 +42,34 @@ async def main(command: str, arg: str) -> None:
 
 
 async def run(command: str, arg: str) -> None:
-    if True:
-        agent = Agent.remote_by_address(AGENT_ADDR)
-        if command == "retrieve":
-            emit(await agent.retrieve_value())
-        elif command == "store":  # ARG is JSON, or @FILE holding JSON
-            value = json.loads(open(arg[1:]).read() if arg.startswith("@") else arg)  # noqa: SIM115
-            try:
-                emit({"ok": await agent.store_value(value)})
-            except Exception as exc:  # the error text is what the test checks
-                emit({"error": str(exc)})
-        elif command == "stream":
-            i = int(arg)
-            while True:
-                await agent.store_value(str(i))
-                emit(i)  # printed only once the write was acknowledged
-                i += 1
-        elif command == "burst":
-            tag = f"{os.getpid()}"
-            values = [f"{tag}-{i}" for i in range(int(arg))]
-            results = await asyncio.gather(
-                *(agent.store_value(v) for v in values), return_exceptions=True
-            )
-            emit({
-                "acked": [v for v, r in zip(values, results, strict=True)
-                          if not isinstance(r, BaseException)],
-                "errors": [str(r) for r in results if isinstance(r, BaseException)],
-            })
+    agent = Agent.remote_by_address(AGENT_ADDR)
+    if command == "retrieve":
+        emit(await agent.retrieve_value())
+    elif command == "store":  # ARG is JSON, or @FILE holding JSON
+        value = json.loads(Path(arg[1:]).read_text() if arg.startswith("@") else arg)
+        try:
+            emit({"ok": await agent.store_value(value)})
+        except Exception as exc:  # the error text is what the test checks
+            emit({"error": str(exc)})
+    elif command == "stream":
+        i = int(arg)
+        while True:
+            await agent.store_value(str(i))
+            emit(i)  # printed only once the write was acknowledged
+            i += 1
+    elif command == "burst":
+        tag = f"{os.getpid()}"
+        values = [f"{tag}-{i}" for i in range(int(arg))]
+        results = await asyncio.gather(
+            *(agent.store_value(v) for v in values), return_exceptions=True
+        )
+        emit({
+            "acked": [v for v, r in zip(values, results, strict=True)
+                      if not isinstance(r, BaseException)],
+            "errors": [str(r) for r in results if isinstance(r, BaseException)],
+        })
+
+
 
 
 if __name__ == "__main__":
