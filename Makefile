@@ -27,9 +27,11 @@ COMPOSE ?= $(shell scripts/compose.sh)
         build base-image start stop run run-verbose logs status \
         verify inspect backup restore rotate-key
 
+# Colours only for a terminal, and never when NO_COLOR is set (no-color.org).
 help: ## Show this list
-	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
-	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+	@if [ -t 1 ] && [ -z "$${NO_COLOR:-}" ]; then on=$$'\033[36m'; off=$$'\033[0m'; fi; \
+	  grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
+	  awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*?## "}; {printf "  %s%-18s%s %s\n", on, $$1, off, $$2}'
 
 # ---------------------------------------------------------------- setup
 $(VENV)/.installed: pyproject.toml
@@ -45,14 +47,18 @@ install: $(VENV)/.installed ## Create .venv (Python >= 3.12) and install the pro
 init: ## Generate the master key and config/.env.* (keeps an existing key)
 	@$(HOST_PYTHON) scripts/gen_master_key.py
 
+# Targets that start nodes or run the client need the venv and the config;
+# operator tools need only the venv (without config they say `run make init`).
+NODE_PREREQS := install init
+
 # ---------------------------------------------------------------- local processes
-demo: init ## See it work: start locally, store, restart the agent, read it back, stop
+demo: $(NODE_PREREQS) ## See it work: start locally, store, restart the agent, read it back, stop
 	@$(ADMIN) demo
 
-local-start: init ## Start sentinel + agent as local background processes (logs in run/)
+local-start: $(NODE_PREREQS) ## Start sentinel + agent as local background processes (logs in run/)
 	@$(ADMIN) local-start
 
-local-run: install ## Run the client against the local sentinel
+local-run: $(NODE_PREREQS) ## Run the client against the local sentinel
 	@$(ADMIN) local-run $(LOCAL_RUN_FLAGS)
 
 local-run-verbose: LOCAL_RUN_FLAGS := --verbose
@@ -68,11 +74,16 @@ local-status: install ## Show whether the local processes run
 define need_compose
 @[ -n "$(COMPOSE)" ] || { echo "error: neither 'docker compose' nor 'docker-compose' is installed" >&2; exit 1; }
 endef
+# Compose reads the env files of every service, so without them (a bare clone)
+# it cannot even list containers; then there are none of ours to act on.
+have_config := [ -f config/.env.sentinel ] && [ -f config/.env.agent ] && [ -f config/.env.client ]
+no_config := no config/.env.*, so the compose demo was never started here (make start)
 
 base-image: ## Build a Python base image with no registry (debootstrap trixie; root)
 	scripts/build_base_image.sh $(BASE_IMAGE_TAG)
 
 build: ## Build the image (PYTHON_IMAGE=<base> to pick the base image)
+	@scripts/ensure_base_image.sh $(PYTHON_IMAGE) $(BASE_IMAGE_TAG)
 	docker build --quiet --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) \
 	  --build-arg VERSION=$(VERSION) -t $(IMAGE) . >/dev/null
 	@echo "built $(IMAGE) on $(PYTHON_IMAGE)"
@@ -84,10 +95,13 @@ start: init build ## Init, build, start sentinel + agent; returns once both are 
 
 stop: ## Stop the containers (data/ stays)
 	$(need_compose)
-	@$(COMPOSE) down --remove-orphans
+	@if $(have_config); then $(COMPOSE) down --remove-orphans; \
+	  else echo "stop: nothing to stop: $(no_config)"; fi
 
-run: ## Run the client in a container on the compose network
+run: init ## Run the client in a container on the compose network
 	$(need_compose)
+	@docker image inspect $(IMAGE) >/dev/null 2>&1 || \
+	  { echo "error: the image $(IMAGE) is not built and nothing runs; start the demo with \`make start\`" >&2; exit 1; }
 	@$(COMPOSE) run --rm -T $(CLIENT_FLAGS) client
 
 run-verbose: CLIENT_FLAGS := -e FAME_SHOW_ENVELOPES=true
@@ -95,10 +109,12 @@ run-verbose: run ## Same, showing envelopes
 
 logs: ## Show the last log lines of every service
 	$(need_compose)
+	@$(have_config) || { echo "logs: error: $(no_config)" >&2; exit 1; }
 	@$(COMPOSE) logs --no-color --tail=100
 
 status: ## Show the services and their health
 	$(need_compose)
+	@$(have_config) || { echo "status: error: $(no_config)" >&2; exit 1; }
 	@$(COMPOSE) ps
 
 # ---------------------------------------------------------------- key lifecycle and data

@@ -35,35 +35,10 @@ def test_backup_is_encrypted_owner_only_and_described(tree: Path) -> None:
 
 def test_backup_while_a_writer_runs_is_consistent(tree: Path) -> None:
     """A backup taken while another process keeps writing still verifies in full."""
-    with running([sys.executable, "-c", _WRITER, str(tree / "config"), str(tree / "data")]):
+    with running([sys.executable, "-m", "tests.writers", "live", str(tree / "config"),
+                  str(tree / "data")]):
         dest = _backup(tree)
     assert len(backup.verify_backup(dest, tree / "config")) == 6
-
-
-_WRITER = """
-import asyncio, sys
-from pathlib import Path
-from pydantic import BaseModel
-from persistent_agent import config_files
-from persistent_agent.storage_provider import SQLCipherStorageProvider
-
-class Item(BaseModel):
-    text: str
-
-async def main():
-    p = SQLCipherStorageProvider(Path(sys.argv[2]) / "agent",
-                                 config_files.node_key(Path(sys.argv[1]), "agent"))
-    store = await p.get_kv_store(Item, "extra")
-    i = 0
-    while True:
-        await store.set(f"live-{i % 500}", Item(text="x" * 200))
-        if i == 0:
-            print("writing", flush=True)
-        i += 1
-        await asyncio.sleep(0)
-
-asyncio.run(main())
-"""
 
 
 def test_restore_refuses_to_overwrite_without_force(tree: Path) -> None:

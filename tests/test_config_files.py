@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import stat
 from pathlib import Path
 
@@ -11,17 +10,6 @@ import pytest
 from persistent_agent import admin, config_files
 from persistent_agent.errors import ConfigError
 from persistent_agent.keys import parse_master_key
-
-from .conftest import REPO
-
-
-@pytest.fixture
-def config_dir(tmp_path: Path) -> Path:
-    target = tmp_path / "config"
-    target.mkdir()
-    for example in (REPO / "config").glob(".env.*.example"):
-        shutil.copy(example, target / example.name)
-    return target
 
 
 def _mode(path: Path) -> int:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from persistent_agent.errors import ServicesRunningError, WrongKeyError
 from persistent_agent.keys import parse_master_key
 from persistent_agent.layout import NODE_ROLES, all_databases, namespace_of
 
-from .conftest import hold_open
+from .conftest import REPO, hold_open, wait_until
 
 
 def _contents(tree: Path) -> list[str]:
@@ -61,29 +62,16 @@ def test_rotate_key_refuses_while_services_run(tree: Path) -> None:
     assert config_files.read_key(tree / "config" / ".env.agent") == old
 
 
+def _done_or_swapped(proc: subprocess.Popen[bytes], inodes: dict[Path, int], n: int) -> bool:
+    """*proc* has ended, or at least *n* of the files were replaced (new inodes)."""
+    swapped = sum(p.stat().st_ino != ino for p, ino in inodes.items())
+    return proc.poll() is not None or swapped >= n
+
+
 def _big_tree(tree: Path) -> None:
     """More, larger databases, so a rotation lasts long enough to be interrupted."""
-    code = """
-import asyncio, sys
-from pathlib import Path
-from pydantic import BaseModel
-from persistent_agent import config_files
-from persistent_agent.storage_provider import SQLCipherStorageProvider
-class Item(BaseModel):
-    text: str
-async def main():
-    root = Path(sys.argv[1])
-    for role in ("sentinel", "agent"):
-        p = SQLCipherStorageProvider(root / "data" / role,
-                                     config_files.node_key(root / "config", role))
-        for n in range(12):
-            store = await p.get_kv_store(Item, f"bulk{n}")
-            for i in range(1500):
-                await store.set(f"k{i}", Item(text=f"{role}-{n}-{i}-" + "x" * 150))
-        p.close()
-asyncio.run(main())
-"""
-    subprocess.run([sys.executable, "-c", code, str(tree)], check=True)
+    subprocess.run([sys.executable, "-m", "tests.writers", "bulk", str(tree)], cwd=REPO,
+                   check=True)
 
 
 @pytest.mark.slow
@@ -113,8 +101,15 @@ def test_rotate_key_survives_being_killed_at_any_point(
     trials, interrupted, mixed = 16, 0, 0
     for k in range(trials):
         root = fresh()
+        inodes = {p: p.stat().st_ino for p in all_databases(root / "data")}
+        # Kill after the k-th of `trials` fractions of the files was swapped
+        # in (a rename gives the file a new inode): spread over the whole
+        # rotation by what it did, not by the clock, so load cannot skew it.
+        target = len(inodes) * k // trials
+
         proc = subprocess.Popen(rotate_cmd(root), stdout=subprocess.DEVNULL)
-        time.sleep(full * (k + 0.5) / trials)
+        wait_until(partial(_done_or_swapped, proc, inodes, target),
+                   f"rotate-key to swap {target} files")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         files = all_databases(root / "data")

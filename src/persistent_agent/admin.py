@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from persistent_agent import backup, config_files, inspection, rotation
-from persistent_agent.errors import PersistentAgentError
+from persistent_agent.errors import ConfigError, PersistentAgentError
+from persistent_agent.layout import NODE_ROLES
 from persistent_agent.local_nodes import LocalNodeError, LocalNodes
 
 Handler = Callable[[argparse.Namespace], int]
@@ -29,6 +30,14 @@ def command(name: str, example: str) -> Callable[[Handler], Handler]:
         return fn
 
     return register
+
+
+def _require_config(args: argparse.Namespace) -> None:
+    """Operator tools never create a key as a side effect: without config, say so."""
+    for role in NODE_ROLES:
+        path = config_files.env_file(args.config_dir, role)
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist; run `make init` first")
 
 
 def _nodes(args: argparse.Namespace) -> LocalNodes:
@@ -117,6 +126,7 @@ def _demo(args: argparse.Namespace) -> int:
 @command("verify", "persistent-agent-admin verify")
 def _verify(args: argparse.Namespace) -> int:
     """Check every database with its node's key (HMAC and structure); exit 1 on any problem."""
+    _require_config(args)
     reports = inspection.verify(args.config_dir, args.data_dir)
     for report in reports:
         print(report.line())
@@ -130,6 +140,7 @@ def _verify(args: argparse.Namespace) -> int:
 @command("inspect", "persistent-agent-admin inspect | less")
 def _inspect(args: argparse.Namespace) -> int:
     """Decrypt and print every database (namespace, key, value JSON); writes nothing."""
+    _require_config(args)
     for line in inspection.inspect(args.config_dir, args.data_dir):
         print(line)
     return 0
@@ -138,6 +149,7 @@ def _inspect(args: argparse.Namespace) -> int:
 @command("backup", "persistent-agent-admin backup --backups-dir backups")
 def _backup(args: argparse.Namespace) -> int:
     """Take a consistent encrypted snapshot of both nodes into backups/<UTC time>/."""
+    _require_config(args)
     dest = backup.backup(args.config_dir, args.data_dir, args.backups_dir)
     print(f"backup: wrote {dest} (restore with: make restore BACKUP={dest})")
     return 0
@@ -146,6 +158,7 @@ def _backup(args: argparse.Namespace) -> int:
 @command("restore", "persistent-agent-admin restore backups/20261126T101500123456Z")
 def _restore(args: argparse.Namespace) -> int:
     """Verify a backup, then put it in place of data/ (services stopped; --force to replace)."""
+    _require_config(args)
     result = backup.restore(
         args.backup, args.config_dir, args.data_dir, args.backups_dir, force=args.force
     )
@@ -157,6 +170,7 @@ def _restore(args: argparse.Namespace) -> int:
 @command("rotate-key", "persistent-agent-admin rotate-key")
 def _rotate_key(args: argparse.Namespace) -> int:
     """Re-key every database to a new master key (services stopped; safe to re-run)."""
+    _require_config(args)
     result = rotation.rotate(args.config_dir, args.data_dir)
     resumed = " (finished an interrupted rotation)" if result.resumed else ""
     print(

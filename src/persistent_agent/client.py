@@ -1,9 +1,10 @@
 """The client side of the demo: call the agent through the sentinel, patiently.
 
 Prints the seed's two lines, ``Previous state: …`` and ``Updated state: …``,
-with the state as compact JSON (``null`` before anything was stored). While
-the sentinel is unreachable or the agent not yet attached it retries, but only
-until a deadline, then says so in one line: it never hangs.
+with the state as compact JSON (``null`` before anything was stored). It
+retries only what retrying can fix, the agent (re)attaching behind a running
+sentinel, and only until a deadline; everything else is one line at once
+(see :func:`run`). It never hangs.
 """
 
 from __future__ import annotations
@@ -11,13 +12,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from persistent_agent import AGENT_ADDR
-from persistent_agent.errors import ServiceUnavailableError
+from persistent_agent.errors import (
+    ClientCallError,
+    NothingRunningError,
+    ServiceUnavailableError,
+)
 from persistent_agent.logs import filter_disabled_levels
 
 TIMEOUT_VAR = "CLIENT_TIMEOUT_SECONDS"
@@ -77,19 +84,69 @@ async def _session(value: str, deadline: float) -> tuple[Any, Any]:
         return previous, updated
 
 
-async def run(value: str | None = None, out: Callable[[str], None] = print) -> None:
-    """Retrieve the previous state, store *value* (default: now in ms), print both."""
+START_HINT_VAR = "PERSISTENT_AGENT_START_HINT"
+
+
+def start_hint() -> str:
+    """The command that starts the nodes this client talks to (set by the launchers)."""
+    return os.environ.get(START_HINT_VAR) or "make start (Docker) or make local-start"
+
+
+def retryable(exc: BaseException) -> bool:
+    """Worth another try: the agent is (re)attaching behind a sentinel that is up.
+
+    The sentinel nacks a call to an address with no live route as
+    "Unroutable"; a call sent to an agent's previous, dead connection times
+    out instead; the attach handshake itself can time out on a loaded machine;
+    and a sentinel restarting closes the connection. Anything else (a JSON-RPC
+    error such as "Method not found", a bug) will not go away by retrying.
+    """
+    from naylence.fame.errors import FameConnectError, FameTransportClose
+
+    if isinstance(exc, TimeoutError | FameTransportClose | FameConnectError):
+        return True
+    return isinstance(exc, RuntimeError) and "Unroutable" in str(exc)
+
+
+def nothing_running(exc: BaseException) -> str | None:
+    """Why no sentinel can be reached at all (refused, unknown host), or None."""
+    from naylence.fame.errors import FameConnectError
+
+    if not isinstance(exc, FameConnectError):
+        return None
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, socket.gaierror):
+        return "unknown host"
+    return None
+
+
+async def run(
+    value: str | None = None,
+    out: Callable[[str], None] = print,
+    note: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> None:
+    """Retrieve the previous state, store *value* (default: now in ms), print both.
+
+    The retry policy: no sentinel at all on the first try (refused, unknown
+    host) fails at once, naming the target that starts one; a sentinel that
+    is up but has no agent attached yet is retried until
+    CLIENT_TIMEOUT_SECONDS, with one *note* saying so; anything else fails at
+    once with its own message.
+    """
     use_unique_node_id()
     filter_disabled_levels()
     timeout = timeout_seconds()
     deadline = time.monotonic() + timeout
+    url = os.environ.get("FAME_DIRECT_ADMISSION_URL", "<FAME_DIRECT_ADMISSION_URL not set>")
     last_error: BaseException | None = None
     # Chosen once: a retried store writes the same value (storing is idempotent).
     new_value = value if value is not None else now_millis()
 
-    from naylence.fame.errors.errors import FameConnectError, FameTransportClose
-
+    attempt = 0
     while time.monotonic() < deadline:
+        attempt += 1
         try:
             previous, updated = await asyncio.wait_for(
                 _session(new_value, deadline), deadline - time.monotonic()
@@ -97,16 +154,29 @@ async def run(value: str | None = None, out: Callable[[str], None] = print) -> N
             out(f"Previous state: {format_state(previous)}")
             out(f"Updated state: {format_state(updated)}")
             return
-        except (Exception, FameConnectError, FameTransportClose) as exc:
-            # An unreachable sentinel raises FameConnectError (a BaseException
-            # in the runtime); an agent that is not attached yet answers
-            # "Envelope nacked: Unroutable" as a RuntimeError. Both pass.
+        except BaseException as exc:  # the runtime's connection errors are BaseExceptions
+            if not isinstance(exc, Exception) and not retryable(exc):
+                raise
+            if attempt == 1 and (why := nothing_running(exc)):
+                raise NothingRunningError(
+                    f"nothing is running at {url} ({why}); start it with `{start_hint()}`"
+                ) from None
+            if not retryable(exc):
+                raise ClientCallError(f"{AGENT_ADDR} answered: {exc}") from None
+            if last_error is None:
+                note(
+                    f"client: {AGENT_ADDR} is not reachable yet ({_brief(exc)}); "
+                    f"retrying for up to {timeout:g}s"
+                )
             last_error = exc
         await asyncio.sleep(min(_RETRY_PAUSE, max(deadline - time.monotonic(), 0)))
 
-    url = os.environ.get("FAME_DIRECT_ADMISSION_URL", "<FAME_DIRECT_ADMISSION_URL not set>")
-    reason = f"{type(last_error).__name__}: {last_error}"[:240] if last_error else "no answer"
+    reason = _brief(last_error) if last_error else "no answer"
     raise ServiceUnavailableError(
         f"no answer from {AGENT_ADDR} via {url} within {timeout:g}s ({reason}); "
-        "is the sentinel running and the agent attached? (make status / make logs)"
+        f"is the agent attached? ({start_hint()} starts it; make status / make logs)"
     )
+
+
+def _brief(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:240]

@@ -68,7 +68,15 @@ class BackupError(PersistentAgentError):
 
 
 class ServiceUnavailableError(PersistentAgentError):
-    """The client could not reach the agent through the sentinel in time."""
+    """The client reached the sentinel, but not the agent behind it, in time."""
+
+
+class NothingRunningError(PersistentAgentError):
+    """The client found no sentinel at all: connection refused or unknown host."""
+
+
+class ClientCallError(PersistentAgentError):
+    """The agent (or the sentinel) answered a call with an error; retrying would not help."""
 
 
 def find_error(exc: BaseException) -> PersistentAgentError | None:

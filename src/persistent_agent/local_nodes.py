@@ -17,6 +17,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
+from persistent_agent.client import START_HINT_VAR
 from persistent_agent.config_files import env_file
 from persistent_agent.errors import PersistentAgentError
 from persistent_agent.node import ENV_FILE_VAR, READY_FILE_VAR
@@ -63,30 +66,40 @@ class LocalNodes:
             env[READY_FILE_VAR] = str(self.ready_file(role).resolve())
         if role == "sentinel":
             env["FAME_LISTENER_PORT"] = str(self.port)
+        if role == "client":
+            env[START_HINT_VAR] = "make local-start"
         env.update(self.extra_env)
         return env
 
     def pid(self, role: str) -> int | None:
-        """The pid of our running *role* process, or None (stale pid files are ignored)."""
-        try:
-            pid = int(self.pid_file(role).read_text().strip())
-        except (OSError, ValueError):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        return pid if MODULES[role].encode() in cmdline else None
+        """The pid of our running *role* process, or None (stale pid files are ignored).
 
-    def start(self, role: str, timeout: float = 60.0) -> int:
-        """Start *role* in the background and return once it is serving."""
+        A pid file holds the pid and the module it runs; the pid counts only
+        while a live process with that pid still runs that module, so a
+        recycled pid is never signalled.
+        """
+        try:
+            pid_text, module = self.pid_file(role).read_text().split()
+            process = psutil.Process(int(pid_text))
+            alive = process.status() != psutil.STATUS_ZOMBIE
+            ours = module in process.cmdline()
+        except (OSError, ValueError, psutil.Error):
+            return None
+        return process.pid if alive and ours else None
+
+    def start(self, role: str, timeout: float = 120.0, module: str | None = None) -> int:
+        """Start *role* in the background and return once it is serving.
+
+        *module* replaces the role's usual entry point (tests serve other agents).
+        """
+        module = module or MODULES[role]
         if (running := self.pid(role)) is not None:
             return running
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ready_file(role).unlink(missing_ok=True)
         with open(self.log_file(role), "ab") as log:
             process = subprocess.Popen(
-                [self.python, "-m", MODULES[role]],
+                [self.python, "-m", module],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -94,7 +107,7 @@ class LocalNodes:
                 start_new_session=True,
             )
         self._children[process.pid] = process
-        self.pid_file(role).write_text(f"{process.pid}\n")
+        self.pid_file(role).write_text(f"{process.pid} {module}\n")
         deadline = time.monotonic() + timeout
         while not self.ready_file(role).exists():
             code = process.poll()
@@ -162,17 +175,7 @@ class LocalNodes:
                 return True
             del self._children[pid]
             return False
-        return _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    """True while *pid* (not our child) runs; a zombie does not count."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError):
-        if stat.read_text().split(") ", 1)[1].startswith("Z"):
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
             return False
-    return True

@@ -2,8 +2,9 @@
 
 Rotation and restore rewrite database files, so they must not run while a
 sentinel or agent has them open, whether it runs as a local process or in a
-container. Every such process is visible in /proc; matching open files by
-device and inode (not by path) also sees through the containers' bind mounts.
+container. Every such process is visible in /proc (Linux only); matching
+open files by device and inode (not by path, as psutil's ``open_files`` would)
+also sees through the containers' bind mounts.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+
+import psutil
 
 from persistent_agent.errors import ServicesRunningError
 from persistent_agent.layout import all_databases, sidecars
@@ -28,11 +31,11 @@ def processes_using(paths: Iterable[Path]) -> list[int]:
     if not wanted:
         return []
     found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+    for pid in psutil.pids():
+        if pid == os.getpid():
             continue
         try:
-            fds = list((proc / "fd").iterdir())
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
         except OSError:
             continue  # gone, or another user's process we may not look into
         for fd in fds:
@@ -41,7 +44,7 @@ def processes_using(paths: Iterable[Path]) -> list[int]:
             except OSError:
                 continue
             if (st.st_dev, st.st_ino) in wanted:
-                found.append(int(proc.name))
+                found.append(pid)
                 break
     return sorted(found)
 

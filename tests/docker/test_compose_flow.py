@@ -1,17 +1,19 @@
 """The docker-compose demo, driven through the Makefile against a real engine.
 
-Runs in a copy of the repository (so a developer's own data/ and config/ are
-never touched) with its own compose project, image tag and sentinel port.
-`make test-docker` runs it; without a Docker engine it fails, never skips.
+Runs in a bare copy of the repository (so a developer's own data/ and config/
+are never touched) with its own compose project, image tag and sentinel port.
+The image is built once; every test then starts from `make clean` and brings
+up what it checks itself, so the tests hold in any order. `make test-docker`
+runs them with whichever compose the Makefile finds (COMPOSE= overrides);
+CI runs them with both compose v1.29 and v2. Without an engine they fail,
+never skip.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,29 +22,13 @@ import pytest
 from persistent_agent import config_files
 from persistent_agent.keys import generate_master_key
 
-from ..conftest import REPO, checksums, plaintext_hits
+from ..conftest import bare_copy, checksums, plaintext_hits
 from ..e2e.conftest import free_port
 from ..e2e.test_local_flow import PYTHON_RUNTIME_EXTRAS, SEED_LISTING
 
 pytestmark = pytest.mark.docker
 
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A copy of the tracked (and new, unignored) files of this repository."""
-    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
-        pytest.fail("no Docker engine answers `docker info`; the Docker tests need one")
-    root = tmp_path_factory.mktemp("compose") / "pa-docker-test"
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    yield root
-    _make(root, "clean", check=False)
+_PORT = free_port()
 
 
 def _env() -> dict[str, str]:
@@ -56,9 +42,6 @@ def _env() -> dict[str, str]:
     return env
 
 
-_PORT = free_port()
-
-
 def _make(root: Path, *targets: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         ["make", "--no-print-directory", *targets], cwd=root, env=_env(),
@@ -70,17 +53,42 @@ def _make(root: Path, *targets: str, check: bool = True) -> subprocess.Completed
     return result
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A bare copy of the repository with the image built from it."""
+    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
+        pytest.fail("no Docker engine answers `docker info`; the Docker tests need one")
+    root = bare_copy(tmp_path_factory.mktemp("compose") / "pa-docker-test")
+    _make(root, "build")
+    compose = os.environ.get("COMPOSE") or subprocess.run(
+        ["scripts/compose.sh"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    print(f"compose command: {compose}")
+    yield root
+    _make(root, "clean", check=False)
+
+
+@pytest.fixture
+def project(built: Path) -> Iterator[Path]:
+    """The built copy, with no containers, config or data: each test starts cold."""
+    _make(built, "clean")
+    yield built
+    _make(built, "clean", check=False)
+
+
 def _client_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
     return [line for line in result.stdout.splitlines() if line.endswith(("}", "null"))]
 
 
-def test_the_seed_flow_persists_across_stop_and_start(project: Path) -> None:
-    """init, start, run, stop, start, run: the second run reads the first value."""
-    _make(project, "init")
-    _make(project, "build")
-    started = time.monotonic()
+def _stored(project: Path) -> str:
+    """start and run once; the value the run stored."""
     _make(project, "start")
-    print(f"make start (image built) to healthy: {time.monotonic() - started:.1f}s")
+    return _client_lines(_make(project, "run"))[1].removeprefix("Updated state: ")
+
+
+def test_the_seed_flow_persists_across_stop_and_start(project: Path) -> None:
+    """start, run, stop, start, run: the second run reads the first value."""
+    _make(project, "start")
     first = _client_lines(_make(project, "run"))
     assert first[0] == "Previous state: null"
     assert re.fullmatch(r'Updated state: \{"value":"\d{13}"\}', first[1])
@@ -92,6 +100,7 @@ def test_the_seed_flow_persists_across_stop_and_start(project: Path) -> None:
 
 def test_data_on_the_host_is_the_users_and_opaque(project: Path) -> None:
     """After stop: the seed's listing, owned by the user, 0600/0700, no plaintext."""
+    value = _stored(project)
     _make(project, "stop")
     data = project / "data"
     assert {str(p.relative_to(data)) for p in data.rglob("*.db")} == (
@@ -101,12 +110,14 @@ def test_data_on_the_host_is_the_users_and_opaque(project: Path) -> None:
         assert path.stat().st_uid == os.getuid(), path
         expected = 0o700 if path.is_dir() else 0o600
         assert path.stat().st_mode & 0o777 == expected, path
-    needles = [b"SQLite format 3", b"storage@fame.fabric", b"CREATE TABLE"]
+    needles = [b"SQLite format 3", b"storage@fame.fabric", b"CREATE TABLE",
+               value.split('"')[3].encode()]
     assert plaintext_hits(data, needles) == []
 
 
 def test_wrong_key_stops_the_agent_and_changes_nothing(project: Path) -> None:
     """A wrong key: start fails, logs hold the one-line error, no data file changes."""
+    value = _stored(project)
     _make(project, "stop")
     agent_env = project / "config" / ".env.agent"
     good_key = config_files.read_key(agent_env)
@@ -126,26 +137,24 @@ def test_wrong_key_stops_the_agent_and_changes_nothing(project: Path) -> None:
     _make(project, "stop")
     config_files.set_key(agent_env, good_key)
     _make(project, "start")
-    assert _client_lines(_make(project, "run"))[0].startswith('Previous state: {"value":"')
+    assert _client_lines(_make(project, "run"))[0] == f"Previous state: {value}"
 
 
 def test_master_key_never_reaches_make_output_or_logs(project: Path) -> None:
     """Neither make's output nor any container log shows the master key."""
+    outputs = [_make(project, t) for t in ("start", "run", "status", "logs", "stop")]
     key = config_files.read_key(project / "config" / ".env.agent")
     assert key is not None
-    outputs = [_make(project, t) for t in ("start", "run", "status", "logs")]
     for result in outputs:
         assert key not in result.stdout + result.stderr
 
 
 def test_clean_removes_data_config_and_keys_without_root(project: Path) -> None:
     """clean: containers down; data/, generated config and keys gone; nothing foreign left."""
+    _stored(project)
     _make(project, "clean")
     assert not (project / "data").exists()
-    assert not list((project / "config").glob(".env.sentinel")) + list(
-        (project / "config").glob(".env.agent")
-    )
-    assert not (project / "config" / ".env.client").exists()
+    assert [p.name for p in (project / "config").glob(".env.*") if p.suffix != ".example"] == []
     foreign = [p for p in project.rglob("*") if p.stat().st_uid != os.getuid()]
     assert foreign == []
     ps = subprocess.run(
@@ -153,3 +162,34 @@ def test_clean_removes_data_config_and_keys_without_root(project: Path) -> None:
         capture_output=True, text=True, check=True,
     )
     assert ps.stdout.strip() == ""
+
+
+def test_run_with_nothing_started_says_so_at_once(project: Path) -> None:
+    """`make run` while the stack is down: one line naming `make start`, not a 30 s wait."""
+    failed = _make(project, "run", check=False)
+    assert failed.returncode != 0
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("client:")]
+    assert errors == [
+        "client: error: nothing is running at ws://sentinel:8000/fame/v1/attach/ws/downstream "
+        "(unknown host); start it with `make start`"
+    ]
+
+
+def test_stop_status_and_logs_in_a_never_started_checkout(project: Path) -> None:
+    """Without config: stop has nothing to do, status and logs say why they cannot answer."""
+    assert "nothing to stop" in _make(project, "stop").stdout
+    for target in ("status", "logs"):
+        failed = _make(project, target, check=False)
+        assert failed.returncode != 0
+        assert "the compose demo was never started here (make start)" in failed.stderr
+
+
+def test_build_without_a_registry_says_how_to_build_a_base(built: Path) -> None:
+    """A base image that cannot be pulled: one line pointing at `make base-image`."""
+    failed = _make(built, "build", "PYTHON_IMAGE=registry.invalid/python:3.12-slim",
+                   check=False)
+    assert failed.returncode != 0
+    [line] = [s for s in failed.stderr.splitlines() if s.startswith("error:")]
+    assert line.startswith("error: the base image registry.invalid/python:3.12-slim could not "
+                           "be pulled (")
+    assert "`sudo make base-image`, then `make start PYTHON_IMAGE=" in line

@@ -14,7 +14,7 @@ from persistent_agent.keys import generate_master_key
 from persistent_agent.local_nodes import LocalNodeError, LocalNodes
 
 from ..conftest import checksums, plaintext_hits
-from .conftest import run_client, stored_value
+from .conftest import read_lines, run_client, stored_value
 
 pytestmark = pytest.mark.e2e
 
@@ -103,41 +103,80 @@ def test_wrong_key_fails_cleanly_and_the_right_key_still_reads(nodes: LocalNodes
     assert run_client(nodes).stdout.splitlines()[0] == f"Previous state: {value}"
 
 
-def test_client_gives_up_in_bounded_time_when_sentinel_is_down(nodes: LocalNodes) -> None:
-    """No sentinel: the client retries, then one line on stderr and exit code != 0."""
+def test_client_with_nothing_running_fails_at_once_naming_the_target(
+    nodes: LocalNodes,
+) -> None:
+    """No sentinel: one line saying nothing runs and what starts it, long before the deadline."""
     started = time.monotonic()
-    result = run_client(nodes, timeout=3)
+    result = run_client(nodes, timeout=120)
     elapsed = time.monotonic() - started
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1
-    assert "no answer from storage@fame.fabric" in lines[0]
-    assert elapsed < 20
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"client: error: nothing is running at {nodes.admission_url()}")
+    assert "(connection refused); start it with `make local-start`" in lines[0]
+    # It did not retry: the 120 s budget is far from used up.
+    assert elapsed < 60
 
 
-def test_client_waits_for_a_late_agent(nodes: LocalNodes) -> None:
-    """With the sentinel up and the agent attaching a little later, the client succeeds."""
-    nodes.start("sentinel")
+def test_client_with_an_unknown_sentinel_host_fails_at_once(nodes: LocalNodes) -> None:
+    """`sentinel` does not resolve outside compose: said at once, with the target to run."""
     argv, env = nodes.client_command()
-    env["CLIENT_TIMEOUT_SECONDS"] = "40"
+    env["FAME_DIRECT_ADMISSION_URL"] = "ws://sentinel.invalid:8000/fame/v1/attach/ws/downstream"
+    env["CLIENT_TIMEOUT_SECONDS"] = "120"
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180,
+                            check=False)
+    assert result.returncode == 2
+    assert "nothing is running at ws://sentinel.invalid:8000" in result.stderr
+    assert "(unknown host)" in result.stderr
+
+
+def _start_client_and_wait_until_it_retries(
+    nodes: LocalNodes,
+) -> subprocess.Popen[str]:
+    """A client whose first call found no agent: it said so and keeps retrying."""
+    argv, env = nodes.client_command()
+    env["CLIENT_TIMEOUT_SECONDS"] = "300"
     client = subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    time.sleep(2)
-    nodes.start("agent")
-    out, err = client.communicate(timeout=60)
+    assert client.stderr is not None
+    [note] = read_lines(client.stderr, 1, "the client's retry note")
+    assert note.startswith("client: storage@fame.fabric is not reachable yet"), note
+    assert client.poll() is None
+    return client
+
+
+def test_client_waits_for_a_late_agent(nodes: LocalNodes) -> None:
+    """Sentinel up, agent not yet attached: the client retries and succeeds once it is."""
+    nodes.start("sentinel")
+    with _start_client_and_wait_until_it_retries(nodes) as client:
+        nodes.start("agent")
+        out, err = client.communicate(timeout=300)
     assert client.returncode == 0, err
     assert out.splitlines()[0] == "Previous state: null"
 
 
 def test_client_without_agent_fails_in_bounded_time(nodes: LocalNodes) -> None:
-    """Sentinel up but no agent attached: one clear line, exit != 0, no hang."""
+    """Sentinel up but no agent attached: one clear line after the deadline, exit != 0."""
     nodes.start("sentinel")
     result = run_client(nodes, timeout=3)
     assert result.returncode != 0
-    assert "no answer from storage@fame.fabric" in result.stderr
-    assert "Unroutable" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("client: error: no answer from storage@fame.fabric")
+    assert "Unroutable" in last
+
+
+def test_client_reports_an_error_reply_at_once(nodes: LocalNodes) -> None:
+    """An agent without the demo's operations: "Method not found" at once, no retries."""
+    nodes.start("sentinel")
+    nodes.start("agent", module="tests.e2e.bare_agent")
+    result = run_client(nodes, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "client: error: storage@fame.fabric answered: Method not found"
+    ]
 
 
 def test_missing_config_is_one_line(nodes: LocalNodes) -> None:
@@ -165,13 +204,8 @@ def test_client_rides_out_an_agent_restart(nodes: LocalNodes) -> None:
     nodes.start_all()
     first = stored_value(run_client(nodes).stdout)
     nodes.stop("agent")
-    argv, env = nodes.client_command()
-    env["CLIENT_TIMEOUT_SECONDS"] = "25"
-    with subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as client:
-        time.sleep(3)
+    with _start_client_and_wait_until_it_retries(nodes) as client:
         nodes.start("agent")
-        out, err = client.communicate(timeout=60)
+        out, err = client.communicate(timeout=300)
     assert client.returncode == 0, err
     assert out.splitlines()[0] == f"Previous state: {first}"

@@ -1,0 +1,140 @@
+"""The Makefile as a newcomer meets it: from a bare clone, every target brings
+what it needs, `make help` lists every target, and `make init` needs no venv."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, bare_copy
+
+# What each documented target must bring along when run in a bare clone:
+# the venv (`install`), the config with its key (`init`), or neither.
+NEEDS: dict[str, set[str]] = {
+    "help": set(),
+    "install": {"install"},
+    "init": {"init"},
+    "demo": {"install", "init"},
+    "local-start": {"install", "init"},
+    "local-run": {"install", "init"},
+    "local-run-verbose": {"install", "init"},
+    "local-stop": {"install"},
+    "local-status": {"install"},
+    "base-image": set(),
+    "build": set(),
+    "start": {"init"},
+    "stop": set(),
+    "run": {"init"},
+    "run-verbose": {"init"},
+    "logs": set(),
+    "status": set(),
+    "verify": {"install"},
+    "inspect": {"install"},
+    "backup": {"install"},
+    "restore": {"install"},
+    "rotate-key": {"install"},
+    "test": {"install"},
+    "test-unit": {"install"},
+    "test-e2e": {"install"},
+    "test-docker": {"install"},
+    "lint": {"install"},
+    "bench": {"install"},
+    "clean": set(),
+}
+# Operator tools read keys, they never create one as a side effect.
+NO_INIT = {"verify", "inspect", "backup", "restore", "rotate-key", "local-stop", "local-status"}
+STEPS = {"install": re.compile(r"-m venv .*\n(.*\n)*.*pip install"), "init": re.compile(
+    r"gen_master_key\.py")}
+
+
+def documented_targets() -> list[str]:
+    return re.findall(r"^([a-zA-Z0-9_-]+):.*## ", (REPO / "Makefile").read_text(), re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bare_copy(tmp_path_factory.mktemp("bare") / "clone")
+
+
+def _make(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        ["make", "--no-print-directory", *args], cwd=root, capture_output=True, text=True,
+        env=env, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_every_target_is_classified() -> None:
+    """Each `## `-documented target has an entry in NEEDS (a new target must say what it needs)."""
+    assert sorted(documented_targets()) == sorted(NEEDS)
+
+
+@pytest.mark.parametrize("target", sorted(NEEDS))
+def test_target_in_a_bare_clone_brings_what_it_needs(clone: Path, target: str) -> None:
+    """`make -n <target>` in a bare clone runs the install/init steps the target needs."""
+    assert not (clone / ".venv").exists()
+    planned = _make(clone, "-n", target, "BACKUP=backups/x")
+    steps = {step for step, pattern in STEPS.items() if pattern.search(planned)}
+    assert NEEDS[target] <= steps, planned
+    if target in NO_INIT:
+        assert "init" not in steps, planned
+
+
+def test_help_lists_every_target_without_colour_in_a_pipe() -> None:
+    """`make help` names every documented target; piped, it prints no escape codes."""
+    out = _make(REPO, "help")
+    listed = [line.split()[0] for line in out.splitlines()]
+    assert listed == documented_targets()
+    assert "test-e2e" in listed
+    assert "\x1b" not in out
+
+
+def _help_on_a_terminal(env: dict[str, str]) -> str:
+    primary, secondary = pty.openpty()
+    try:
+        subprocess.run(["make", "--no-print-directory", "help"], cwd=REPO, env=env,
+                       stdout=secondary, stderr=subprocess.DEVNULL, check=True)
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(primary)
+    return b"".join(chunks).decode()
+
+
+def test_help_is_coloured_on_a_terminal_unless_no_color() -> None:
+    """On a terminal the target names are coloured; NO_COLOR turns that off."""
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    assert "\x1b[36m" in _help_on_a_terminal(env)
+    assert "\x1b" not in _help_on_a_terminal({**env, "NO_COLOR": "1"})
+
+
+def _oldest_python() -> str:
+    """The host's system Python when it has one (3.11 on Debian 12), else ours."""
+    return "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+
+
+def test_init_runs_without_a_venv_on_a_host_python(tmp_path: Path) -> None:
+    """`make init` in a bare clone, on a host Python with no site-packages at all (-I -S)."""
+    root = bare_copy(tmp_path / "clone")
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = _make(root, "init", f"HOST_PYTHON={_oldest_python()} -I -S", env=env)
+    assert out.startswith("init: master key generated; wrote ")
+    assert sorted(p.name for p in (root / "config").glob(".env.*[!e]")) == [
+        ".env.agent", ".env.client", ".env.sentinel"
+    ]
+    assert not (root / ".venv").exists()
