@@ -1,7 +1,8 @@
 # persistent-agent image: the sentinel, the agent and the client in one image.
-# PYTHON_IMAGE is any Python >= 3.12 base; `make base-image` builds one with no
-# registry (Debian trixie via debootstrap) for air-gapped or proxied machines.
-ARG PYTHON_IMAGE=python:3.12-slim
+# PYTHON_IMAGE is any Python >= 3.12 base; the Makefile names the default
+# (`make build` passes it) and `make base-image` builds one with no registry
+# (Debian trixie via debootstrap) for air-gapped or proxied machines.
+ARG PYTHON_IMAGE
 
 FROM ${PYTHON_IMAGE} AS build
 # pip trusts the system CA bundle (the one a proxied host's base image carries)
@@ -26,7 +27,6 @@ ARG VERSION=dev
 LABEL org.opencontainers.image.title="persistent-agent" \
       org.opencontainers.image.version="${VERSION}"
 COPY --from=build /opt/venv /opt/venv
-COPY client /app/client
 # Any uid may run this image (compose passes the host user's, so files in the
 # bind-mounted data/ belong to that user); HOME points somewhere writable.
 ENV PATH=/opt/venv/bin:$PATH \

@@ -3,7 +3,7 @@
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' src/persistent_agent/__init__.py)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ADMIN := $(VENV)/bin/persistent-agent-admin
@@ -147,9 +147,12 @@ test-e2e: install ## Run only the end-to-end tests (real sentinel and agent proc
 test-docker: install ## Drive the compose flow against a real Docker engine (PYTHON_IMAGE=<base>)
 	PYTHON_IMAGE=$(PYTHON_IMAGE) $(PY) -m pytest -m docker $(PYTEST_ARGS)
 
-lint: install ## ruff on everything, mypy (strict) on src/
-	$(VENV)/bin/ruff check src tests client scripts bench
+LINTED := src tests client scripts bench
+lint: install ## ruff (lint and format), mypy (strict on src/), the wings' layering contract
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: install ## Benchmark: our provider vs the runtime's, RPC latency, startup (ratios, one run)
 	$(PY) bench/run.py $(BENCH_ARGS)

@@ -90,8 +90,8 @@ async def bench_storage(quick: bool) -> dict[str, dict[str, float]]:
     from naylence.fame.storage import storage_profile_factory as builtin
     from naylence.fame.storage.storage_provider_factory import StorageProviderFactory
 
-    from persistent_agent.keys import generate_master_key, parse_master_key
-    from persistent_agent.storage_provider import SQLCipherStorageProvider
+    from persistent_agent.keys.master_key import generate_master_key, parse_master_key
+    from persistent_agent.storage.provider import SQLCipherStorageProvider
 
     n_set, n_get = (1000, 3000) if quick else (4000, 12000)
     results: dict[str, dict[str, float]] = {}
@@ -134,8 +134,8 @@ def _free_port() -> int:
 
 
 def _nodes(root: Path, profile: str) -> Any:
-    from persistent_agent import config_files
-    from persistent_agent.local_nodes import LocalNodes
+    from persistent_agent.ops import config_files
+    from persistent_agent.ops.local_nodes import LocalNodes
 
     config = root / "config"
     config.mkdir(parents=True, exist_ok=True)
@@ -150,7 +150,7 @@ def _nodes(root: Path, profile: str) -> Any:
 
 def _client_env(nodes: Any) -> None:
     """This process becomes a client of *nodes*' sentinel (memory storage, own id)."""
-    from persistent_agent.client import use_unique_node_id
+    from persistent_agent.node.caller import use_unique_node_id
 
     os.environ["FAME_DIRECT_ADMISSION_URL"] = nodes.admission_url()
     os.environ["FAME_STORAGE_PROFILE"] = "memory"

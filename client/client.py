@@ -1,30 +1,12 @@
-"""Client: store the current time in the agent and show the state before and after.
+"""The seed's `client.py`: run the demo's client from a checkout.
 
-Run with `make run` (compose) or `make local-run` (local processes).
+`make run` and `make local-run` start it as the ``persistent-agent-client``
+console script; this file is the same thing for ``python client/client.py``.
 """
 
-from __future__ import annotations
-
-import asyncio
-import os
 import sys
 
-from persistent_agent import client, node
-from persistent_agent.errors import PersistentAgentError
-
-
-def main() -> int:
-    node.load_env()
-    # Retries log connection warnings; the one line we print if all fail is
-    # enough. The runtime re-reads FAME_LOG_LEVEL whenever a fabric starts.
-    os.environ.setdefault(node.LOG_LEVEL_VAR, "critical")
-    try:
-        asyncio.run(client.run())
-    except PersistentAgentError as error:
-        print(f"client: error: {error}", file=sys.stderr)
-        return error.exit_code
-    return 0
-
+from persistent_agent.client import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,24 +13,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from persistent_agent import config_files
-from persistent_agent.errors import PersistentAgentError
+from persistent_agent.errors import PersistentAgentError, report
+from persistent_agent.ops import config_files
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-dir", type=Path, default=Path("config"))
-    parser.add_argument("--data-dir", type=Path, default=Path("data"))
-    parser.add_argument("--new-key", action="store_true",
-                        help="replace the key (refused while encrypted databases exist)")
-    args = parser.parse_args()
+    parser = argparse.ArgumentParser(prog="init", description=config_files.INIT_HELP)
+    config_files.add_directory_options(parser)
+    config_files.add_init_options(parser)
     try:
-        result = config_files.init(args.config_dir, args.data_dir, new_key=args.new_key)
+        return config_files.run_init(parser.parse_args())
     except PersistentAgentError as error:
-        print(f"init: error: {error}", file=sys.stderr)
-        return error.exit_code
-    print(config_files.describe(result))
-    return 0
+        return report("init", error)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from persistent_agent import config_files
-from persistent_agent.keys import MasterKey, generate_master_key, parse_master_key
+from persistent_agent.keys.master_key import MasterKey, generate_master_key, parse_master_key
+from persistent_agent.ops import config_files
 
 from . import writers
 

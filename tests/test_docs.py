@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from persistent_agent import admin
+from persistent_agent.ops import admin
 
 from .conftest import REPO
 

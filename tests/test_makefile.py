@@ -138,3 +138,17 @@ def test_init_runs_without_a_venv_on_a_host_python(tmp_path: Path) -> None:
         ".env.agent", ".env.client", ".env.sentinel"
     ]
     assert not (root / ".venv").exists()
+
+
+def test_the_image_tag_is_written_once_and_agrees_everywhere() -> None:
+    """compose's default image is the tag `make build` writes for the package's version."""
+    from persistent_agent import __version__
+
+    image = re.search(r"\$\{PERSISTENT_AGENT_IMAGE:-([^}]+)\}",
+                      (REPO / "docker-compose.yml").read_text())
+    assert image is not None
+    assert image.group(1) == f"persistent-agent:{__version__}"
+    out = subprocess.run(["make", "-s", "-f", "Makefile", "-f", "-", "print-image"],
+                         input="print-image:\n\t@echo $(IMAGE)\n", cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == image.group(1)

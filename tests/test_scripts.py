@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from persistent_agent import config_files
 from persistent_agent.errors import MasterKeyError, PersistentAgentError, find_error
+from persistent_agent.ops import config_files
 
 from .conftest import REPO
 

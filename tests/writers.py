@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from persistent_agent import config_files
-from persistent_agent.storage_provider import SQLCipherStorageProvider
+from persistent_agent.ops import config_files
+from persistent_agent.storage.provider import SQLCipherStorageProvider
 
 
 class Item(BaseModel):

@@ -7,8 +7,9 @@ from typing import Any
 
 from naylence.agent import configs
 
-from persistent_agent import AGENT_ADDR, node
-from persistent_agent.agent import PersistentAgent
+from persistent_agent import AGENT_ADDR
+from persistent_agent.node import serving
+from persistent_agent.node.agent import PersistentAgent
 
 
 async def _main() -> None:
@@ -19,11 +20,11 @@ async def _main() -> None:
         await agent.get_state()
         await fabric.serve(agent, AGENT_ADDR)
 
-    await node.serve(start, configs.NODE_CONFIG)
+    await serving.serve(start, configs.NODE_CONFIG)
 
 
 def main() -> None:
-    sys.exit(node.run("persistent-agent", _main))
+    sys.exit(serving.run("persistent-agent", _main))
 
 
 if __name__ == "__main__":

@@ -1,182 +1,32 @@
-"""The client side of the demo: call the agent through the sentinel, patiently.
+"""Entry point: the client (``persistent-agent-client``, `make run` / `make local-run`).
 
-Prints the seed's two lines, ``Previous state: …`` and ``Updated state: …``,
-with the state as compact JSON (``null`` before anything was stored). It
-retries only what retrying can fix, the agent (re)attaching behind a running
-sentinel, and only until a deadline; everything else is one line at once
-(see :func:`run`). It never hangs.
+Stores the current time in the agent and prints the state before and after,
+as the seed's client does; the calling and its retry policy live in
+:mod:`persistent_agent.node.caller`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import socket
 import sys
-import time
-import uuid
-from collections.abc import Callable
-from typing import Any
 
-from persistent_agent import AGENT_ADDR
-from persistent_agent.errors import (
-    ClientCallError,
-    NothingRunningError,
-    ServiceUnavailableError,
-)
-from persistent_agent.logs import filter_disabled_levels
-
-TIMEOUT_VAR = "CLIENT_TIMEOUT_SECONDS"
-DEFAULT_TIMEOUT = 30.0
-_RETRY_PAUSE = 0.5
-# A call sent while the sentinel still routes to an agent's previous, dead
-# connection is lost rather than refused; without a per-call limit it would
-# wait out the runtime's 30 s RPC timeout and use up the whole budget.
-_CALL_TIMEOUT = 5.0
+from persistent_agent.errors import PersistentAgentError, report
+from persistent_agent.node import caller, logs, serving
 
 
-def use_unique_node_id() -> None:
-    """Give this client process its own node id, unless the user chose one.
-
-    The runtime derives a client's id from host + script + flags, so two
-    clients run at once from one machine get the same id, and the sentinel
-    rebinds the route to whichever attached last: the other's replies go astray
-    and its calls time out. FAME_NODE_ID_SALT is the runtime's knob for this.
-    """
-    os.environ.setdefault("FAME_NODE_ID_SALT", f"client-{uuid.uuid4().hex}")
-
-
-def format_state(state: Any) -> str:
-    """``null`` when no value is stored yet, else ``{"value":"…"}``.
-
-    Only ``value`` is shown, as in the seed, whatever else the state carries.
-    """
-    if not isinstance(state, dict) or state.get("value") is None:
-        return "null"
-    return json.dumps({"value": state["value"]}, separators=(",", ":"), ensure_ascii=False)
-
-
-def now_millis() -> str:
-    return str(int(time.time() * 1000))
-
-
-def timeout_seconds() -> float:
-    raw = os.environ.get(TIMEOUT_VAR, "")
+def main() -> int:
+    logs.install()
+    serving.load_env()
+    # Retries would log connection warnings; the one line we print if all
+    # fail is enough. The runtime re-reads FAME_LOG_LEVEL when a fabric starts.
+    os.environ.setdefault(serving.LOG_LEVEL_VAR, "critical")
     try:
-        return float(raw) if raw else DEFAULT_TIMEOUT
-    except ValueError:
-        raise ServiceUnavailableError(f"{TIMEOUT_VAR} must be a number of seconds") from None
+        asyncio.run(caller.run())
+    except PersistentAgentError as error:
+        return report("client", error)
+    return 0
 
 
-async def _session(value: str, deadline: float) -> tuple[Any, Any]:
-    """One connection: retrieve, then store *value*; each call bounded in time."""
-    from naylence.agent import Agent, configs
-    from naylence.fame.core import FameFabric
-
-    def limit() -> float:
-        return max(min(_CALL_TIMEOUT, deadline - time.monotonic()), 0.1)
-
-    async with FameFabric.create(root_config=configs.CLIENT_CONFIG):
-        agent = Agent.remote_by_address(AGENT_ADDR)
-        previous = await asyncio.wait_for(agent.retrieve_value(), limit())
-        updated = await asyncio.wait_for(agent.store_value(value), limit())
-        return previous, updated
-
-
-START_HINT_VAR = "PERSISTENT_AGENT_START_HINT"
-
-
-def start_hint() -> str:
-    """The command that starts the nodes this client talks to (set by the launchers)."""
-    return os.environ.get(START_HINT_VAR) or "make start (Docker) or make local-start"
-
-
-def retryable(exc: BaseException) -> bool:
-    """Worth another try: the agent is (re)attaching behind a sentinel that is up.
-
-    The sentinel nacks a call to an address with no live route as
-    "Unroutable"; a call sent to an agent's previous, dead connection times
-    out instead; the attach handshake itself can time out on a loaded machine;
-    and a sentinel restarting closes the connection. Anything else (a JSON-RPC
-    error such as "Method not found", a bug) will not go away by retrying.
-    """
-    from naylence.fame.errors import FameConnectError, FameTransportClose
-
-    if isinstance(exc, TimeoutError | FameTransportClose | FameConnectError):
-        return True
-    return isinstance(exc, RuntimeError) and "Unroutable" in str(exc)
-
-
-def nothing_running(exc: BaseException) -> str | None:
-    """Why no sentinel can be reached at all (refused, unknown host), or None."""
-    from naylence.fame.errors import FameConnectError
-
-    if not isinstance(exc, FameConnectError):
-        return None
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(cause, socket.gaierror):
-        return "unknown host"
-    return None
-
-
-async def run(
-    value: str | None = None,
-    out: Callable[[str], None] = print,
-    note: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
-) -> None:
-    """Retrieve the previous state, store *value* (default: now in ms), print both.
-
-    The retry policy: no sentinel at all on the first try (refused, unknown
-    host) fails at once, naming the target that starts one; a sentinel that
-    is up but has no agent attached yet is retried until
-    CLIENT_TIMEOUT_SECONDS, with one *note* saying so; anything else fails at
-    once with its own message.
-    """
-    use_unique_node_id()
-    filter_disabled_levels()
-    timeout = timeout_seconds()
-    deadline = time.monotonic() + timeout
-    url = os.environ.get("FAME_DIRECT_ADMISSION_URL", "<FAME_DIRECT_ADMISSION_URL not set>")
-    last_error: BaseException | None = None
-    # Chosen once: a retried store writes the same value (storing is idempotent).
-    new_value = value if value is not None else now_millis()
-
-    attempt = 0
-    while time.monotonic() < deadline:
-        attempt += 1
-        try:
-            previous, updated = await asyncio.wait_for(
-                _session(new_value, deadline), deadline - time.monotonic()
-            )
-            out(f"Previous state: {format_state(previous)}")
-            out(f"Updated state: {format_state(updated)}")
-            return
-        except BaseException as exc:  # the runtime's connection errors are BaseExceptions
-            if not isinstance(exc, Exception) and not retryable(exc):
-                raise
-            if attempt == 1 and (why := nothing_running(exc)):
-                raise NothingRunningError(
-                    f"nothing is running at {url} ({why}); start it with `{start_hint()}`"
-                ) from None
-            if not retryable(exc):
-                raise ClientCallError(f"{AGENT_ADDR} answered: {exc}") from None
-            if last_error is None:
-                note(
-                    f"client: {AGENT_ADDR} is not reachable yet ({_brief(exc)}); "
-                    f"retrying for up to {timeout:g}s"
-                )
-            last_error = exc
-        await asyncio.sleep(min(_RETRY_PAUSE, max(deadline - time.monotonic(), 0)))
-
-    reason = _brief(last_error) if last_error else "no answer"
-    raise ServiceUnavailableError(
-        f"no answer from {AGENT_ADDR} via {url} within {timeout:g}s ({reason}); "
-        f"is the agent attached? ({start_hint()} starts it; make status / make logs)"
-    )
-
-
-def _brief(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:240]
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,7 @@ ever includes the master key.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -75,8 +76,18 @@ class NothingRunningError(PersistentAgentError):
     """The client found no sentinel at all: connection refused or unknown host."""
 
 
+class LocalNodeError(PersistentAgentError):
+    """A local node process (make local-start, make demo) did not start or stop as asked."""
+
+
 class ClientCallError(PersistentAgentError):
     """The agent (or the sentinel) answered a call with an error; retrying would not help."""
+
+
+def report(name: str, error: PersistentAgentError) -> int:
+    """Print *error* as ``name: error: …`` on stderr; return the exit code to use."""
+    print(f"{name}: error: {error}", file=sys.stderr, flush=True)
+    return error.exit_code
 
 
 def find_error(exc: BaseException) -> PersistentAgentError | None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from persistent_agent import config_files
-from persistent_agent.keys import generate_master_key
+from persistent_agent.keys.master_key import generate_master_key
+from persistent_agent.ops import config_files
 
 from ..conftest import bare_copy, checksums, plaintext_hits
 from ..e2e.conftest import free_port
@@ -33,11 +33,12 @@ _PORT = free_port()
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
+    # PYTHON_IMAGE passes through as set (CI: the registry-free base image);
+    # unset, the Makefile's default applies.
     env.update(
         IMAGE="persistent-agent-test:latest",
         COMPOSE_PROJECT_NAME="pa-docker-test",
         SENTINEL_PORT=os.environ.get("TEST_SENTINEL_PORT", str(_PORT)),
-        PYTHON_IMAGE=os.environ.get("PYTHON_IMAGE", "python:3.12-slim"),
     )
     return env
 

@@ -12,15 +12,16 @@ from typing import Any
 
 from naylence.agent import BaseAgent, configs
 
-from persistent_agent import AGENT_ADDR, node
+from persistent_agent import AGENT_ADDR
+from persistent_agent.node import serving
 
 
 async def _main() -> None:
     async def start(fabric: Any) -> None:
         await fabric.serve(BaseAgent(), AGENT_ADDR)
 
-    await node.serve(start, configs.NODE_CONFIG)
+    await serving.serve(start, configs.NODE_CONFIG)
 
 
 if __name__ == "__main__":
-    sys.exit(node.run("bare-agent", _main))
+    sys.exit(serving.run("bare-agent", _main))

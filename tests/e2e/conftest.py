@@ -12,7 +12,7 @@ from typing import IO
 
 import pytest
 
-from persistent_agent.local_nodes import LocalNodes
+from persistent_agent.ops.local_nodes import LocalNodes
 
 
 def free_port() -> int:

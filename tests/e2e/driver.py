@@ -20,7 +20,8 @@ from naylence.agent import Agent, configs
 from naylence.fame.core import FameFabric
 
 from persistent_agent import AGENT_ADDR
-from persistent_agent.client import use_unique_node_id
+from persistent_agent.node import logs
+from persistent_agent.node.caller import use_unique_node_id
 
 
 def emit(doc: Any) -> None:
@@ -28,6 +29,7 @@ def emit(doc: Any) -> None:
 
 
 async def main(command: str, arg: str) -> None:
+    logs.install()
     use_unique_node_id()
     # Many drivers starting at once on two cores can miss the attach deadline;
     # attaching is retried (like the real client does), the calls never are.

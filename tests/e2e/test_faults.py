@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 
-from persistent_agent import config_files, database, inspection, layout
-from persistent_agent.agent import STATE_NAMESPACE
-from persistent_agent.local_nodes import LocalNodeError, LocalNodes
+from persistent_agent.errors import LocalNodeError
+from persistent_agent.node.agent import STATE_NAMESPACE
+from persistent_agent.ops import config_files, inspection
+from persistent_agent.ops.local_nodes import LocalNodes
+from persistent_agent.storage import database, layout
 
 from ..conftest import REPO, checksums
 from .conftest import read_lines
@@ -44,7 +46,6 @@ def verify_ok(nodes: LocalNodes) -> None:
     assert [r.line() for r in reports if r.problem] == []
 
 
-@pytest.mark.slow
 def test_kill_9_during_writes_loses_no_acknowledged_value(nodes: LocalNodes) -> None:
     """20 times: kill -9 the agent mid-stream; the last acknowledged value survives."""
     nodes.start_all()
@@ -95,7 +96,6 @@ def test_tampered_database_stops_the_agent_and_is_left_as_it_was(nodes: LocalNod
     assert checksums(nodes.data_dir / "agent") == before
 
 
-@pytest.mark.slow
 def test_eight_clients_with_fifty_concurrent_writes_each(nodes: LocalNodes) -> None:
     """8 processes x 50 concurrent store_value: no errors, the final value is an acked one."""
     nodes.start_all()
@@ -192,7 +192,7 @@ def test_master_key_never_appears_in_logs_or_tool_output(nodes: LocalNodes) -> N
     nodes.start_all()
     argv, env = nodes.client_command(verbose=True)
     outputs = [subprocess.run(argv, env=env, capture_output=True, text=True, check=True)]
-    admin = [sys.executable, "-m", "persistent_agent.admin",
+    admin = [sys.executable, "-m", "persistent_agent.ops.admin",
              "--config-dir", str(nodes.config_dir), "--data-dir", str(nodes.data_dir),
              "--backups-dir", str(nodes.run_dir / "backups")]
     for command in (["verify"], ["inspect"], ["backup"], ["init"]):
@@ -213,7 +213,7 @@ def test_key_bearing_files_and_databases_are_owner_only(nodes: LocalNodes) -> No
     """Generated config, databases, their sidecars and backups are all 0600."""
     nodes.start_all()
     subprocess.run(
-        [sys.executable, "-m", "persistent_agent.admin", "--config-dir", str(nodes.config_dir),
+        [sys.executable, "-m", "persistent_agent.ops.admin", "--config-dir", str(nodes.config_dir),
          "--data-dir", str(nodes.data_dir), "--backups-dir", str(nodes.run_dir / "bk"), "backup"],
         check=True, capture_output=True,
     )

@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from persistent_agent import config_files
-from persistent_agent.keys import generate_master_key
-from persistent_agent.local_nodes import LocalNodeError, LocalNodes
+from persistent_agent.errors import LocalNodeError
+from persistent_agent.keys.master_key import generate_master_key
+from persistent_agent.ops import config_files
+from persistent_agent.ops.local_nodes import LocalNodes
 
 from ..conftest import checksums, plaintext_hits
 from .conftest import read_lines, run_client, stored_value

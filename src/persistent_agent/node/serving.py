@@ -1,0 +1,124 @@
+"""What the sentinel and agent processes share: settings, preflight, serving.
+
+Both entry points stay thin: they name a root config and what to serve, and
+this module loads the env file, checks storage settings before the runtime
+starts, serves until SIGINT/SIGTERM, and turns any of our errors, however
+deeply the runtime wrapped it, into one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from dotenv import load_dotenv
+
+from persistent_agent.errors import (
+    PersistentAgentError,
+    StorageProfileError,
+    find_error,
+    report,
+)
+from persistent_agent.node import logs
+
+ENV_FILE_VAR = "PERSISTENT_AGENT_ENV_FILE"
+READY_FILE_VAR = "PERSISTENT_AGENT_READY_FILE"
+PROFILE_VAR = "FAME_STORAGE_PROFILE"
+LOG_LEVEL_VAR = "FAME_LOG_LEVEL"
+
+
+def load_env() -> None:
+    """Load the env file named by PERSISTENT_AGENT_ENV_FILE, if any.
+
+    Variables already set in the environment win, so a Makefile or a test can
+    point a generated config at another port or directory.
+    """
+    env_file = os.environ.get(ENV_FILE_VAR)
+    if env_file:
+        if not Path(env_file).is_file():
+            raise PersistentAgentError(f"{ENV_FILE_VAR}={env_file}: no such file; run `make init`")
+        load_dotenv(env_file, override=False)
+
+
+def check_storage() -> None:
+    """Fail before the runtime starts if the storage settings cannot work."""
+    from naylence.fame.profile import get_profile
+    from naylence.fame.profile.profile_discovery import discover_profile
+
+    from persistent_agent.storage import provider_factory as factory
+
+    profile = os.environ.get(PROFILE_VAR, "memory")
+    if get_profile(factory.PROFILE_BASE_TYPE, profile) is None:
+        discover_profile(factory.PROFILE_BASE_TYPE, profile)
+        if get_profile(factory.PROFILE_BASE_TYPE, profile) is None:
+            raise StorageProfileError(
+                f"{PROFILE_VAR}={profile!r} is not a storage profile; "
+                "use encrypted-sqlite, sqlite or memory"
+            )
+    if profile == factory.PROFILE_NAME:
+        from persistent_agent.keys.master_key import ENV_VAR, NEXT_ENV_VAR, parse_master_key
+        from persistent_agent.storage.database import ensure_directory
+
+        if os.environ.get(NEXT_ENV_VAR):
+            raise PersistentAgentError(
+                f"a key rotation was interrupted ({NEXT_ENV_VAR} is set); "
+                "run `make rotate-key` again to finish it"
+            )
+        parse_master_key(os.environ.get(ENV_VAR))
+        ensure_directory(Path(os.environ.get("FAME_STORAGE_DB_DIRECTORY", "./data/sqlite")))
+
+
+def log_level() -> str:
+    return os.environ.get(LOG_LEVEL_VAR, "warning")
+
+
+async def serve(start: Callable[[Any], Awaitable[None]], root_config: dict[str, Any]) -> None:
+    """Run a node with *root_config*, call *start(fabric)*, then wait for a signal.
+
+    Once *start* returns, the node is attached and serving; the ready file
+    (if PERSISTENT_AGENT_READY_FILE is set) is what health checks look at.
+    """
+    from naylence.fame.core import FameFabric
+    from naylence.fame.util.logging import enable_logging
+
+    enable_logging(log_level=log_level())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    ready_file = os.environ.get(READY_FILE_VAR)
+    async with FameFabric.get_or_create(root_config=root_config) as fabric:
+        await start(fabric)
+        if ready_file:
+            Path(ready_file).write_text(str(os.getpid()))
+        try:
+            await stop.wait()
+        finally:
+            if ready_file:
+                Path(ready_file).unlink(missing_ok=True)
+
+
+async def _as_coroutine(main: Callable[[], Awaitable[None]]) -> None:
+    await main()
+
+
+def run(name: str, main: Callable[[], Awaitable[None]]) -> int:
+    """Run *main* to completion; our errors become one line and exit code 2."""
+    try:
+        logs.install()  # before the preflight below can use a runtime logger
+        load_env()
+        check_storage()
+        asyncio.run(_as_coroutine(main))
+    except KeyboardInterrupt:
+        return 0
+    except BaseException as exc:  # anything not ours is re-raised
+        error = find_error(exc)
+        if error is None:
+            raise
+        return report(name, error)
+    return 0

@@ -1,0 +1,227 @@
+"""persistent-agent-admin: the operator CLI behind the Makefile's targets.
+
+Each subcommand is a few lines over a library function; every error is one
+line on stderr and exit code 2. Nothing here prints the master key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from persistent_agent.errors import ConfigError, LocalNodeError, PersistentAgentError, report
+from persistent_agent.ops import backup, config_files, inspection, rotation
+from persistent_agent.ops.local_nodes import LocalNodes
+from persistent_agent.storage.layout import NODE_ROLES
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[Handler, str, str]] = {}
+
+
+def command(name: str, example: str) -> Callable[[Handler], Handler]:
+    """Register a subcommand; its docstring's first line is its help."""
+
+    def register(fn: Handler) -> Handler:
+        _COMMANDS[name] = (fn, (fn.__doc__ or "").strip(), example)
+        return fn
+
+    return register
+
+
+def _require_config(args: argparse.Namespace) -> None:
+    """Operator tools never create a key as a side effect: without config, say so."""
+    for role in NODE_ROLES:
+        path = config_files.env_file(args.config_dir, role)
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist; run `make init` first")
+
+
+def _nodes(args: argparse.Namespace) -> LocalNodes:
+    return LocalNodes(args.config_dir, args.data_dir, args.run_dir, port=args.port)
+
+
+@command("init", "persistent-agent-admin init            # keeps an existing key")
+def _init(args: argparse.Namespace) -> int:
+    return config_files.run_init(args)
+
+
+_init.__doc__ = config_files.INIT_HELP
+
+
+@command("local-start", "persistent-agent-admin local-start --port 8000")
+def _local_start(args: argparse.Namespace) -> int:
+    """Start the sentinel and the agent as local background processes."""
+    nodes = _nodes(args)
+    nodes.start_all()
+    print(f"local: sentinel on 127.0.0.1:{args.port} and persistent-agent are up "
+          f"(logs in {args.run_dir})")
+    return 0
+
+
+@command("local-stop", "persistent-agent-admin local-stop")
+def _local_stop(args: argparse.Namespace) -> int:
+    """Stop the local processes that local-start started (and nothing else)."""
+    stopped = _nodes(args).stop_all()
+    print(f"local: stopped {', '.join(stopped) if stopped else 'nothing (not running)'}")
+    return 0
+
+
+@command("local-status", "persistent-agent-admin local-status")
+def _local_status(args: argparse.Namespace) -> int:
+    """Show whether the local sentinel and agent run; exit 1 if either does not."""
+    nodes = _nodes(args)
+    up = True
+    for role in ("sentinel", "agent"):
+        pid = nodes.pid(role)
+        up = up and pid is not None
+        print(f"{role}: {'running, pid ' + str(pid) if pid else 'stopped'}")
+    return 0 if up else 1
+
+
+@command("local-run", "persistent-agent-admin local-run --verbose")
+def _local_run(args: argparse.Namespace) -> int:
+    """Run the client against the local sentinel (--verbose shows envelopes)."""
+    argv, env = _nodes(args).client_command(verbose=args.verbose)
+    os.execve(argv[0], argv, env)  # noqa: S606 - replace this process with the client
+    return 0  # pragma: no cover - execve does not return
+
+
+@command("demo", "persistent-agent-admin demo")
+def _demo(args: argparse.Namespace) -> int:
+    """Start locally, run the client, restart the agent, run it again, stop."""
+    nodes = _nodes(args)
+    argv, env = nodes.client_command()
+
+    def client_run(title: str) -> str:
+        print(f"== {title}", flush=True)
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        sys.stdout.write(result.stdout)
+        if result.returncode != 0:
+            raise LocalNodeError(result.stderr.strip().splitlines()[-1])
+        return result.stdout
+
+    try:
+        print(f"== starting sentinel (127.0.0.1:{args.port}) and persistent-agent", flush=True)
+        nodes.start_all()
+        first = client_run("client run 1")
+        print("== restarting persistent-agent", flush=True)
+        nodes.stop("agent")
+        nodes.start("agent")
+        second = client_run("client run 2")
+    finally:
+        print(f"== stopping: {', '.join(nodes.stop_all()) or 'nothing running'}")
+    stored = first.splitlines()[-1].removeprefix("Updated state: ")
+    previous = second.splitlines()[0].removeprefix("Previous state: ")
+    if previous != stored:
+        print(f"demo: value NOT persisted: stored {stored}, read back {previous}")
+        return 1
+    print(f"demo: the value stored before the restart, {stored}, was read back after it")
+    return 0
+
+
+@command("verify", "persistent-agent-admin verify")
+def _verify(args: argparse.Namespace) -> int:
+    """Check every database with its node's key (HMAC and structure); exit 1 on any problem."""
+    _require_config(args)
+    reports = inspection.verify(args.config_dir, args.data_dir)
+    for checked in reports:
+        print(checked.line())
+    if not reports:
+        print(f"verify: no encrypted databases under {args.data_dir}")
+    failed = sum(1 for r in reports if r.problem)
+    print(f"verify: {len(reports) - failed} ok, {failed} failed")
+    return 1 if failed else 0
+
+
+@command("inspect", "persistent-agent-admin inspect | less")
+def _inspect(args: argparse.Namespace) -> int:
+    """Decrypt and print every database (namespace, key, value JSON); writes nothing."""
+    _require_config(args)
+    for line in inspection.inspect(args.config_dir, args.data_dir):
+        print(line)
+    return 0
+
+
+@command("backup", "persistent-agent-admin backup --backups-dir backups")
+def _backup(args: argparse.Namespace) -> int:
+    """Take a consistent encrypted snapshot of both nodes into backups/<UTC time>/."""
+    _require_config(args)
+    dest = backup.backup(args.config_dir, args.data_dir, args.backups_dir)
+    print(f"backup: wrote {dest} (restore with: make restore BACKUP={dest})")
+    return 0
+
+
+@command("restore", "persistent-agent-admin restore backups/20261126T101500123456Z")
+def _restore(args: argparse.Namespace) -> int:
+    """Verify a backup, then put it in place of data/ (services stopped; --force to replace)."""
+    _require_config(args)
+    result = backup.restore(
+        args.backup, args.config_dir, args.data_dir, args.backups_dir, force=args.force
+    )
+    aside = f"; previous data kept in {result.set_aside}" if result.set_aside else ""
+    print(f"restore: {result.restored} databases restored from {args.backup}{aside}")
+    return 0
+
+
+@command("rotate-key", "persistent-agent-admin rotate-key")
+def _rotate_key(args: argparse.Namespace) -> int:
+    """Re-key every database to a new master key (services stopped; safe to re-run)."""
+    _require_config(args)
+    result = rotation.rotate(args.config_dir, args.data_dir)
+    resumed = " (finished an interrupted rotation)" if result.resumed else ""
+    print(
+        f"rotate-key: {len(result.rekeyed)} databases re-keyed, "
+        f"{len(result.already_done)} already under the new key{resumed}; "
+        "config/.env.* updated. Backups taken before keep needing the old key: "
+        "take a new one (make backup)."
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="persistent-agent-admin",
+        description="Operator tools for the persistent-agent demo.",
+    )
+    config_files.add_directory_options(parser)
+    parser.add_argument("--run-dir", type=Path, default=Path("run"))
+    parser.add_argument("--backups-dir", type=Path, default=Path("backups"))
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("SENTINEL_PORT", "8000")),
+        help="sentinel port for the local-* commands (default: $SENTINEL_PORT or 8000)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (fn, doc, example) in _COMMANDS.items():
+        p = sub.add_parser(
+            name, help=doc, description=doc, epilog=f"Example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(handler=fn)
+        if name == "init":
+            config_files.add_init_options(p)
+        if name == "restore":
+            p.add_argument("backup", type=Path, help="a directory written by backup")
+            p.add_argument(
+                "--force", action="store_true",
+                help="replace existing data (it is moved under backups/, not deleted)",
+            )
+        if name == "local-run":
+            p.add_argument("--verbose", action="store_true", help="show envelopes")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except PersistentAgentError as error:
+        return report(args.command, error)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Consistent, encrypted backups of both nodes, and verified restores.
+
+A backup is taken through SQLCipher while the services run: each database is
+exported inside one read transaction (a consistent snapshot; live files are
+never copied) into a new file encrypted with the same per-database key. A
+``manifest.json`` records namespaces, row counts, checksums and a fingerprint
+of the master key that opens them. A restore verifies all of that first.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from persistent_agent import __version__
+from persistent_agent.errors import BackupError
+from persistent_agent.ops.config_files import node_key, write_private
+from persistent_agent.ops.inspection import NodeDatabase, node_databases
+from persistent_agent.ops.services import require_stopped
+from persistent_agent.storage import database
+from persistent_agent.storage.layout import all_databases, sidecars
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    restored: int
+    set_aside: Path | None  # where replaced data went (restore --force)
+
+
+def _stamp() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def backup(config_dir: Path, data_dir: Path, backups_dir: Path) -> Path:
+    """Snapshot every database into ``backups_dir/<UTC time>/``; return that directory."""
+    sources = node_databases(config_dir, data_dir)
+    if not sources:
+        raise BackupError(f"nothing to back up: no encrypted databases under {data_dir}")
+    dest = _private_dir(backups_dir) / _stamp()
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
+        "persistent_agent": __version__,
+        "nodes": {},
+    }
+    for db in sources:
+        target = _private_dir(dest / db.role) / db.path.name
+        with database.opened(db.path, db.key, create=False) as conn:
+            rows = database.export(conn, target, db.key)
+        database.confirm(target, db.key, rows)
+        node = manifest["nodes"].setdefault(
+            db.role, {"key_fingerprint": db.master_key.fingerprint(), "databases": []}
+        )
+        node["databases"].append(
+            {"file": db.path.name, "namespace": db.namespace, "rows": rows,
+             "sha256": _sha256(target)}
+        )
+    write_private(dest / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return dest
+
+
+def verify_backup(backup_dir: Path, config_dir: Path) -> list[NodeDatabase]:
+    """Check a backup against its manifest and the configured keys; return its files."""
+    try:
+        manifest = json.loads((backup_dir / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise BackupError(f"{backup_dir} has no readable {MANIFEST} ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise BackupError(f"{backup_dir}: unknown backup format {manifest.get('format')!r}")
+    checked = []
+    for role, node in manifest["nodes"].items():
+        key = node_key(config_dir, role)
+        if key.fingerprint() != node["key_fingerprint"]:
+            raise BackupError(
+                f"{backup_dir} was taken under another master key for {role} "
+                f"(fingerprint {node['key_fingerprint']}, configured {key.fingerprint()}); "
+                "put that key in config/.env.* to restore it"
+            )
+        for entry in node["databases"]:
+            path = backup_dir / role / entry["file"]
+            if not path.is_file() or _sha256(path) != entry["sha256"]:
+                raise BackupError(f"{path} is missing or does not match its checksum")
+            db = NodeDatabase(role, path, key)
+            database.confirm(path, db.key, int(entry["rows"]))
+            checked.append(db)
+    return checked
+
+
+def restore(
+    backup_dir: Path, config_dir: Path, data_dir: Path, backups_dir: Path, *, force: bool = False
+) -> RestoreResult:
+    """Put a verified backup in place of data/; existing data is set aside, never dropped."""
+    require_stopped(data_dir, "restore")
+    files = verify_backup(backup_dir, config_dir)
+    existing = all_databases(data_dir)
+    set_aside = None
+    if existing:
+        if not force:
+            raise BackupError(
+                f"{data_dir} already holds {len(existing)} databases; "
+                "restore --force replaces them (they are kept under backups/)"
+            )
+        set_aside = _private_dir(backups_dir) / f"replaced-{_stamp()}"
+        for path in existing:
+            role_dir = _private_dir(set_aside / path.parent.name)
+            for f in (path, *sidecars(path)):
+                if f.exists():
+                    shutil.move(f, role_dir / f.name)
+    for db in files:
+        target = _private_dir(data_dir / db.role) / db.path.name
+        tmp = target.with_name(target.name + ".restore")
+        shutil.copyfile(db.path, tmp)
+        os.chmod(tmp, 0o600)
+        database.replace_durably(tmp, target)
+    return RestoreResult(len(files), set_aside)

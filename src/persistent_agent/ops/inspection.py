@@ -1,0 +1,87 @@
+"""Read every database with its node's key: `verify` and `inspect`.
+
+Both work while the services run: connections are ``query_only`` and the
+checks are reads. Nothing decrypted is ever written to disk; `inspect` prints
+to stdout only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from persistent_agent.errors import PersistentAgentError
+from persistent_agent.keys.master_key import MasterKey
+from persistent_agent.ops.config_files import node_key
+from persistent_agent.storage import database
+from persistent_agent.storage.layout import NODE_ROLES, database_files, namespace_of
+
+
+@dataclass(frozen=True)
+class NodeDatabase:
+    role: str
+    path: Path
+    master_key: MasterKey
+
+    @property
+    def namespace(self) -> str:
+        return namespace_of(self.path)
+
+    @property
+    def key(self) -> bytes:
+        return self.master_key.database_key(self.namespace)
+
+
+@dataclass(frozen=True)
+class Report:
+    """The outcome of checking one file: entries counted, or what is wrong."""
+
+    database: NodeDatabase
+    entries: int | None
+    problem: str | None
+
+    def line(self) -> str:
+        if self.problem:
+            return f"FAIL  {self.database.path}: {self.problem}"
+        return f"ok    {self.database.path} ({self.entries} entries)"
+
+
+def node_databases(config_dir: Path, data_dir: Path) -> list[NodeDatabase]:
+    """Every database of both nodes, with the key its node's config holds."""
+    found = []
+    for role in NODE_ROLES:
+        paths = database_files(data_dir / role)
+        if paths:
+            key = node_key(config_dir, role)
+            found += [NodeDatabase(role, path, key) for path in paths]
+    return found
+
+
+def check(db: NodeDatabase) -> Report:
+    """Open *db* read-only and run both integrity checks."""
+    try:
+        with database.opened(db.path, db.key, read_only=True) as conn:
+            problems = database.integrity_problems(conn)
+            if problems:
+                return Report(db, None, "; ".join(problems[:3]))
+            count = database.row_count(conn)
+    except PersistentAgentError as error:
+        return Report(db, None, str(error))
+    except database.DatabaseError as error:
+        return Report(db, None, str(error))
+    return Report(db, int(count), None)
+
+
+def verify(config_dir: Path, data_dir: Path) -> list[Report]:
+    return [check(db) for db in node_databases(config_dir, data_dir)]
+
+
+def inspect(config_dir: Path, data_dir: Path) -> Iterator[str]:
+    """Lines describing every database: a header, then ``key<TAB>value JSON`` rows."""
+    for db in node_databases(config_dir, data_dir):
+        with database.opened(db.path, db.key, read_only=True) as conn:
+            entries = database.rows(conn)
+        yield f"== {db.path}  [{db.role}, namespace {db.namespace}, {len(entries)} entries]"
+        for key, value in entries:
+            yield f"{key}\t{value}"

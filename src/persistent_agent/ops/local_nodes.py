@@ -1,0 +1,176 @@
+"""The sentinel and the agent as local background processes (no Docker).
+
+Used by ``make local-start`` / ``local-stop`` / ``local-run`` / ``demo`` and by
+the end-to-end tests, so the tests drive exactly what users run. Pid files,
+ready files and logs live in a git-ignored run directory; ``stop`` signals
+only a process whose pid file it wrote and whose command line is still ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from persistent_agent.errors import LocalNodeError
+from persistent_agent.node.caller import START_HINT_VAR
+from persistent_agent.node.serving import ENV_FILE_VAR, READY_FILE_VAR
+from persistent_agent.ops.config_files import env_file
+
+MODULES = {"sentinel": "persistent_agent.node.sentinel", "agent": "persistent_agent"}
+ATTACH_PATH = "/fame/v1/attach/ws/downstream"
+
+
+@dataclass
+class LocalNodes:
+    config_dir: Path
+    data_dir: Path
+    run_dir: Path
+    port: int = 8000
+    python: str = sys.executable
+    extra_env: dict[str, str] = field(default_factory=dict)
+    # Popen handles of the processes this object started, kept so that they
+    # are reaped (and do not warn) when stopped.
+    _children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+
+    def admission_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}{ATTACH_PATH}"
+
+    def pid_file(self, role: str) -> Path:
+        return self.run_dir / f"{role}.pid"
+
+    def ready_file(self, role: str) -> Path:
+        return self.run_dir / f"{role}.ready"
+
+    def log_file(self, role: str) -> Path:
+        return self.run_dir / f"{role}.log"
+
+    def env(self, role: str) -> dict[str, str]:
+        """The process environment for *role*: its env file, pointed at loopback and data/."""
+        env = dict(os.environ)
+        env[ENV_FILE_VAR] = str(env_file(self.config_dir, role).resolve())
+        env["FAME_DIRECT_ADMISSION_URL"] = self.admission_url()
+        if role in MODULES:
+            env["FAME_STORAGE_DB_DIRECTORY"] = str((self.data_dir / role).resolve())
+            env[READY_FILE_VAR] = str(self.ready_file(role).resolve())
+        if role == "sentinel":
+            env["FAME_LISTENER_PORT"] = str(self.port)
+        if role == "client":
+            env[START_HINT_VAR] = "make local-start"
+        env.update(self.extra_env)
+        return env
+
+    def pid(self, role: str) -> int | None:
+        """The pid of our running *role* process, or None (stale pid files are ignored).
+
+        A pid file holds the pid and the module it runs; the pid counts only
+        while a live process with that pid still runs that module, so a
+        recycled pid is never signalled.
+        """
+        try:
+            pid_text, module = self.pid_file(role).read_text().split()
+            process = psutil.Process(int(pid_text))
+            alive = process.status() != psutil.STATUS_ZOMBIE
+            ours = module in process.cmdline()
+        except (OSError, ValueError, psutil.Error):
+            return None
+        return process.pid if alive and ours else None
+
+    def start(self, role: str, timeout: float = 120.0, module: str | None = None) -> int:
+        """Start *role* in the background and return once it is serving.
+
+        *module* replaces the role's usual entry point (tests serve other agents).
+        """
+        module = module or MODULES[role]
+        if (running := self.pid(role)) is not None:
+            return running
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.ready_file(role).unlink(missing_ok=True)
+        with open(self.log_file(role), "ab") as log:
+            process = subprocess.Popen(
+                [self.python, "-m", module],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env(role),
+                start_new_session=True,
+            )
+        self._children[process.pid] = process
+        self.pid_file(role).write_text(f"{process.pid} {module}\n")
+        deadline = time.monotonic() + timeout
+        while not self.ready_file(role).exists():
+            code = process.poll()
+            if code is not None:
+                self._children.pop(process.pid, None)
+                self.pid_file(role).unlink(missing_ok=True)
+                raise LocalNodeError(
+                    f"{role} exited with code {code}: {self.last_line(role)} "
+                    f"(log: {self.log_file(role)})"
+                )
+            if time.monotonic() > deadline:
+                raise LocalNodeError(
+                    f"{role} not ready after {timeout:g}s (log: {self.log_file(role)})"
+                )
+            time.sleep(0.05)
+        return process.pid
+
+    def last_line(self, role: str) -> str:
+        try:
+            lines = self.log_file(role).read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return lines[-1] if lines else "(empty log)"
+
+    def stop(self, role: str, timeout: float = 15.0, sig: int = signal.SIGINT) -> bool:
+        """Stop *role* if we started it; True if a process was stopped."""
+        pid = self.pid(role)
+        self.pid_file(role).unlink(missing_ok=True)
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while self._alive(pid):
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        self.ready_file(role).unlink(missing_ok=True)
+        return True
+
+    def kill(self, role: str) -> bool:
+        """SIGKILL *role*: a crash, for the fault tests."""
+        return self.stop(role, timeout=0, sig=signal.SIGKILL)
+
+    def start_all(self) -> None:
+        self.start("sentinel")
+        self.start("agent")
+
+    def stop_all(self) -> list[str]:
+        return [role for role in ("agent", "sentinel") if self.stop(role)]
+
+    def client_command(self, verbose: bool = False) -> tuple[list[str], dict[str, str]]:
+        env = self.env("client")
+        if verbose:
+            env["FAME_SHOW_ENVELOPES"] = "true"
+        return [self.python, "-m", "persistent_agent.client"], env
+
+    def _alive(self, pid: int) -> bool:
+        """True while *pid* runs; reaps our own children (a zombie is not alive)."""
+        child = self._children.get(pid)
+        if child is not None:
+            if child.poll() is None:
+                return True
+            del self._children[pid]
+            return False
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False

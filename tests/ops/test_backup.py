@@ -1,0 +1,89 @@
+"""backup and restore: consistent encrypted snapshots, verified before restoring."""
+
+from __future__ import annotations
+
+import json
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from persistent_agent.errors import BackupError, ServicesRunningError
+from persistent_agent.ops import backup, config_files
+from persistent_agent.storage.layout import all_databases
+
+from ..conftest import checksums, hold_open, plaintext_hits, running
+
+
+def _backup(tree: Path) -> Path:
+    return backup.backup(tree / "config", tree / "data", tree / "backups")
+
+
+def test_backup_is_encrypted_owner_only_and_described(tree: Path) -> None:
+    """Every database is copied encrypted (0600) with a manifest of rows and checksums."""
+    dest = _backup(tree)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    files = sorted(p.name for p in dest.rglob("*.db"))
+    assert len(files) == 6
+    assert {d["rows"] for n in manifest["nodes"].values() for d in n["databases"]} == {25}
+    assert plaintext_hits(dest, [b"SQLite format 3", b"SECRET-", b"agent_state-0"]) == []
+    for path in dest.rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600)
+    assert backup.verify_backup(dest, tree / "config")
+
+
+def test_backup_while_a_writer_runs_is_consistent(tree: Path) -> None:
+    """A backup taken while another process keeps writing still verifies in full."""
+    with running([sys.executable, "-m", "tests.writers", "live", str(tree / "config"),
+                  str(tree / "data")]):
+        dest = _backup(tree)
+    assert len(backup.verify_backup(dest, tree / "config")) == 6
+
+
+def test_restore_refuses_to_overwrite_without_force(tree: Path) -> None:
+    """Existing data is not replaced unless asked; with --force it is set aside, not lost."""
+    dest = _backup(tree)
+    with pytest.raises(BackupError, match="--force"):
+        backup.restore(dest, tree / "config", tree / "data", tree / "backups")
+    before = checksums(tree / "data")
+    result = backup.restore(dest, tree / "config", tree / "data", tree / "backups", force=True)
+    assert result.restored == 6
+    assert result.set_aside is not None
+    assert checksums(result.set_aside) == before
+
+
+def test_restore_into_empty_data_brings_everything_back(tree: Path) -> None:
+    """After losing data/, a restore gives back databases that verify."""
+    dest = _backup(tree)
+    for path in all_databases(tree / "data"):
+        path.unlink()
+    assert backup.restore(dest, tree / "config", tree / "data", tree / "backups").restored == 6
+    assert len(backup.verify_backup(dest, tree / "config")) == 6
+    assert len(all_databases(tree / "data")) == 6
+
+
+def test_restore_checks_the_backup_first(tree: Path) -> None:
+    """A corrupted backup file or another master key is refused before anything moves."""
+    dest = _backup(tree)
+    victim = next(dest.rglob("*.db"))
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")
+    before = checksums(tree / "data")
+    with pytest.raises(BackupError, match="checksum"):
+        backup.restore(dest, tree / "config", tree / "data", tree / "backups", force=True)
+    assert checksums(tree / "data") == before
+
+    good = _backup(tree)
+    config_files.set_key(tree / "config" / ".env.agent", "ef" * 32)
+    with pytest.raises(BackupError, match="another master key"):
+        backup.restore(good, tree / "config", tree / "data", tree / "backups", force=True)
+
+
+def test_restore_refuses_while_a_node_has_the_files_open(tree: Path) -> None:
+    """A running node (any process holding a database open) blocks restore."""
+    dest = _backup(tree)
+    with (
+        hold_open(all_databases(tree / "data")[0]) as holder,
+        pytest.raises(ServicesRunningError, match=str(holder.pid)),
+    ):
+        backup.restore(dest, tree / "config", tree / "data", tree / "backups", force=True)

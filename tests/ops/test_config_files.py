@@ -1,0 +1,102 @@
+"""`make init`: generated config, the key's lifecycle, and owner-only files."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from persistent_agent.errors import ConfigError
+from persistent_agent.keys.master_key import parse_master_key
+from persistent_agent.ops import admin, config_files
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_init_writes_all_files_with_one_valid_key(config_dir: Path, tmp_path: Path) -> None:
+    """Sentinel and agent get the same valid key; the client needs none; all 0600."""
+    result = config_files.init(config_dir, tmp_path / "data")
+    assert result.key_source == "generated"
+    sentinel = config_files.read_key(config_dir / ".env.sentinel")
+    assert sentinel == config_files.read_key(config_dir / ".env.agent")
+    parse_master_key(sentinel)
+    assert config_files.read_key(config_dir / ".env.client") is None
+    for role in config_files.ROLES:
+        assert _mode(config_dir / f".env.{role}") == 0o600
+    for d in ("data", "data/agent", "data/sentinel"):
+        assert _mode(tmp_path / d) == 0o700
+
+
+def test_init_is_idempotent_and_keeps_the_key(config_dir: Path, tmp_path: Path) -> None:
+    """Running init again keeps the existing key and rewrites nothing."""
+    config_files.init(config_dir, tmp_path / "data")
+    keys = config_files.node_keys(config_dir)
+    again = config_files.init(config_dir, tmp_path / "data")
+    assert again.key_source == "kept"
+    assert again.written == ()
+    assert config_files.node_keys(config_dir) == keys
+
+
+def test_init_restores_a_deleted_file_with_the_same_key(config_dir: Path, tmp_path: Path) -> None:
+    """A missing env file is regenerated with the key the others hold."""
+    config_files.init(config_dir, tmp_path / "data")
+    key = config_files.read_key(config_dir / ".env.agent")
+    (config_dir / ".env.sentinel").unlink()
+    config_files.init(config_dir, tmp_path / "data")
+    assert config_files.read_key(config_dir / ".env.sentinel") == key
+
+
+def test_new_key_is_refused_while_encrypted_data_exists(config_dir: Path, tmp_path: Path) -> None:
+    """--new-key would orphan existing databases, so it is refused; nothing changes."""
+    data = tmp_path / "data"
+    config_files.init(config_dir, data)
+    keys = config_files.node_keys(config_dir)
+    (data / "agent" / "agent_state_encrypted_value.db").write_bytes(b"\0" * 4096)
+    with pytest.raises(ConfigError, match="rotate-key"):
+        config_files.init(config_dir, data, new_key=True)
+    assert config_files.node_keys(config_dir) == keys
+
+
+def test_new_key_without_data_replaces_it_everywhere(config_dir: Path, tmp_path: Path) -> None:
+    """With no data yet, --new-key writes a different key to both node files."""
+    config_files.init(config_dir, tmp_path / "data")
+    old = config_files.node_keys(config_dir)
+    assert config_files.init(config_dir, tmp_path / "data", new_key=True).key_source == "replaced"
+    new = config_files.node_keys(config_dir)
+    assert new["agent"] == new["sentinel"]
+    assert new["agent"] != old["agent"]
+
+
+def test_each_node_may_keep_its_own_key(config_dir: Path, tmp_path: Path) -> None:
+    """A per-node key set by hand survives init; neither file is overwritten."""
+    config_files.init(config_dir, tmp_path / "data")
+    config_files.set_key(config_dir / ".env.agent", "ab" * 32)
+    sentinel = config_files.read_key(config_dir / ".env.sentinel")
+    assert config_files.init(config_dir, tmp_path / "data").written == ()
+    assert config_files.read_key(config_dir / ".env.agent") == "ab" * 32
+    assert config_files.read_key(config_dir / ".env.sentinel") == sentinel
+
+
+def test_malformed_key_in_a_file_names_the_file(config_dir: Path, tmp_path: Path) -> None:
+    """A broken key in a config file is reported with that file's path."""
+    config_files.init(config_dir, tmp_path / "data")
+    config_files.set_key(config_dir / ".env.agent", "short")
+    with pytest.raises(ConfigError, match=r"\.env\.agent: .*64 hex"):
+        config_files.init(config_dir, tmp_path / "data")
+
+
+def test_admin_init_never_prints_the_key(
+    config_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The init command reports what it did without showing the key."""
+    argv = ["--config-dir", str(config_dir), "--data-dir", str(tmp_path / "data"), "init"]
+    assert admin.main(argv) == 0
+    assert admin.main(argv) == 0
+    out = capsys.readouterr()
+    key = config_files.node_keys(config_dir)["agent"]
+    assert "generated" in out.out
+    assert "kept" in out.out
+    assert key not in out.out + out.err
