@@ -143,7 +143,10 @@ def _nodes(root: Path, profile: str) -> Any:
         shutil.copy(example, config / example.name)
     config_files.init(config, root / "data")
     return LocalNodes(
-        config, root / "data", root / "run", port=_free_port(),
+        config,
+        root / "data",
+        root / "run",
+        port=_free_port(),
         extra_env={"FAME_STORAGE_PROFILE": profile, "FAME_LOG_LEVEL": "critical"},
     )
 
@@ -208,7 +211,9 @@ async def _rpc_interleaved(
                 for profile in order:
                     label = f"{profile}, {'sequential' if concurrency == 1 else '32 concurrent'}"
                     took = await _rpc_batch(
-                        agents[profile], calls // rounds, concurrency,
+                        agents[profile],
+                        calls // rounds,
+                        concurrency,
                         samples.setdefault(label, []),
                     )
                     elapsed[label] = elapsed.get(label, 0.0) + took
@@ -258,8 +263,10 @@ def bench_startup() -> dict[str, float]:
                 env = nodes.env("agent")
                 with open(nodes.log_file("agent"), "ab") as log:
                     proc = subprocess.Popen(
-                        [nodes.python, "-m", "persistent_agent"], env=env,
-                        stdout=log, stderr=subprocess.STDOUT,
+                        [nodes.python, "-m", "persistent_agent"],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
                     )
                 nodes.pid_file("agent").write_text(str(proc.pid))
                 while True:
@@ -324,10 +331,17 @@ def table(storage: dict[str, Any], rpc: dict[str, Any], startup: dict[str, float
     mem = rpc.get("memory, sequential")
     enc = rpc.get("encrypted-sqlite, sequential")
     if mem and enc:
-        lines += ["", f"encrypted-sqlite / memory p50 (sequential): "
-                      f"{enc['p50_ms'] / mem['p50_ms']:.3f}x"]
-    lines += ["", "### Agent startup to first answered RPC", "", "| data | seconds |",
-              "| --- | ---: |"]
+        lines += [
+            "",
+            f"encrypted-sqlite / memory p50 (sequential): {enc['p50_ms'] / mem['p50_ms']:.3f}x",
+        ]
+    lines += [
+        "",
+        "### Agent startup to first answered RPC",
+        "",
+        "| data | seconds |",
+        "| --- | ---: |",
+    ]
     lines += [f"| {k} | {v:.2f} |" for k, v in startup.items()]
     return "\n".join(lines)
 
@@ -351,9 +365,14 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     doc = {
-        "when": stamp, "python": platform.python_version(), "cpus": os.cpu_count(),
-        "runtime": version("naylence-runtime"), "sqlcipher3": version("sqlcipher3"),
-        "storage": storage, "rpc": rpc, "startup_s": startup,
+        "when": stamp,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "runtime": version("naylence-runtime"),
+        "sqlcipher3": version("sqlcipher3"),
+        "storage": storage,
+        "rpc": rpc,
+        "startup_s": startup,
     }
     (args.out / f"bench-{stamp}.json").write_text(json.dumps(doc, indent=2))
     (args.out / "latest.md").write_text(report + "\n")

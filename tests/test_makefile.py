@@ -49,8 +49,10 @@ NEEDS: dict[str, set[str]] = {
 }
 # Operator tools read keys, they never create one as a side effect.
 NO_INIT = {"verify", "inspect", "backup", "restore", "rotate-key", "local-stop", "local-status"}
-STEPS = {"install": re.compile(r"-m venv .*\n(.*\n)*.*pip install"), "init": re.compile(
-    r"gen_master_key\.py")}
+STEPS = {
+    "install": re.compile(r"-m venv .*\n(.*\n)*.*pip install"),
+    "init": re.compile(r"gen_master_key\.py"),
+}
 
 
 def documented_targets() -> list[str]:
@@ -64,8 +66,12 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _make(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
     result = subprocess.run(
-        ["make", "--no-print-directory", *args], cwd=root, capture_output=True, text=True,
-        env=env, check=False,
+        ["make", "--no-print-directory", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -99,8 +105,14 @@ def test_help_lists_every_target_without_colour_in_a_pipe() -> None:
 def _help_on_a_terminal(env: dict[str, str]) -> str:
     primary, secondary = pty.openpty()
     try:
-        subprocess.run(["make", "--no-print-directory", "help"], cwd=REPO, env=env,
-                       stdout=secondary, stderr=subprocess.DEVNULL, check=True)
+        subprocess.run(
+            ["make", "--no-print-directory", "help"],
+            cwd=REPO,
+            env=env,
+            stdout=secondary,
+            stderr=subprocess.DEVNULL,
+            check=True,
+        )
         os.close(secondary)
         chunks = []
         while True:
@@ -135,7 +147,9 @@ def test_init_runs_without_a_venv_on_a_host_python(tmp_path: Path) -> None:
     out = _make(root, "init", f"HOST_PYTHON={_oldest_python()} -I -S", env=env)
     assert out.startswith("init: master key generated; wrote ")
     assert sorted(p.name for p in (root / "config").glob(".env.*[!e]")) == [
-        ".env.agent", ".env.client", ".env.sentinel"
+        ".env.agent",
+        ".env.client",
+        ".env.sentinel",
     ]
     assert not (root / ".venv").exists()
 
@@ -144,11 +158,17 @@ def test_the_image_tag_is_written_once_and_agrees_everywhere() -> None:
     """compose's default image is the tag `make build` writes for the package's version."""
     from persistent_agent import __version__
 
-    image = re.search(r"\$\{PERSISTENT_AGENT_IMAGE:-([^}]+)\}",
-                      (REPO / "docker-compose.yml").read_text())
+    image = re.search(
+        r"\$\{PERSISTENT_AGENT_IMAGE:-([^}]+)\}", (REPO / "docker-compose.yml").read_text()
+    )
     assert image is not None
     assert image.group(1) == f"persistent-agent:{__version__}"
-    out = subprocess.run(["make", "-s", "-f", "Makefile", "-f", "-", "print-image"],
-                         input="print-image:\n\t@echo $(IMAGE)\n", cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        ["make", "-s", "-f", "Makefile", "-f", "-", "print-image"],
+        input="print-image:\n\t@echo $(IMAGE)\n",
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert out == image.group(1)

@@ -20,7 +20,9 @@ def test_find_python_names_one_that_is_new_enough() -> None:
     ).stdout.strip()
     version = subprocess.run(
         [out, "-c", "import sys; print(sys.version_info >= (3, 12))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     assert version == "True"
 
@@ -29,7 +31,9 @@ def test_find_python_without_one_is_a_single_clear_line(tmp_path: Path) -> None:
     """With no suitable Python anywhere, one line on stderr and exit 1."""
     result = subprocess.run(
         ["/bin/sh", str(REPO / "scripts" / "find_python.sh")],
-        env={"PATH": str(tmp_path), "HOME": str(tmp_path)}, capture_output=True, text=True,
+        env={"PATH": str(tmp_path), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
         check=False,
     )
     assert result.returncode == 1
@@ -41,12 +45,24 @@ def test_find_python_without_one_is_a_single_clear_line(tmp_path: Path) -> None:
 def test_gen_master_key_runs_without_the_project_installed(tmp_path: Path) -> None:
     """The script needs only the standard library and the repository's src/."""
     config = tmp_path / "config"
-    shutil.copytree(REPO / "config", config, ignore=shutil.ignore_patterns(".env.sentinel",
-                    ".env.agent", ".env.client"))
+    shutil.copytree(
+        REPO / "config",
+        config,
+        ignore=shutil.ignore_patterns(".env.sentinel", ".env.agent", ".env.client"),
+    )
     result = subprocess.run(
-        [sys.executable, "-S", str(REPO / "scripts" / "gen_master_key.py"),
-         "--config-dir", str(config), "--data-dir", str(tmp_path / "data")],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-S",
+            str(REPO / "scripts" / "gen_master_key.py"),
+            "--config-dir",
+            str(config),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "master key generated" in result.stdout

@@ -45,8 +45,13 @@ def _env() -> dict[str, str]:
 
 def _make(root: Path, *targets: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        ["make", "--no-print-directory", *targets], cwd=root, env=_env(),
-        capture_output=True, text=True, timeout=900, check=False,
+        ["make", "--no-print-directory", *targets],
+        cwd=root,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     print(f"$ make {' '.join(targets)}\n{result.stdout}{result.stderr}")
     if check:
@@ -61,9 +66,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         pytest.fail("no Docker engine answers `docker info`; the Docker tests need one")
     root = bare_copy(tmp_path_factory.mktemp("compose") / "pa-docker-test")
     _make(root, "build")
-    compose = os.environ.get("COMPOSE") or subprocess.run(
-        ["scripts/compose.sh"], cwd=root, capture_output=True, text=True, check=True
-    ).stdout.strip()
+    compose = (
+        os.environ.get("COMPOSE")
+        or subprocess.run(
+            ["scripts/compose.sh"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
     print(f"compose command: {compose}")
     yield root
     _make(root, "clean", check=False)
@@ -111,8 +119,12 @@ def test_data_on_the_host_is_the_users_and_opaque(project: Path) -> None:
         assert path.stat().st_uid == os.getuid(), path
         expected = 0o700 if path.is_dir() else 0o600
         assert path.stat().st_mode & 0o777 == expected, path
-    needles = [b"SQLite format 3", b"storage@fame.fabric", b"CREATE TABLE",
-               value.split('"')[3].encode()]
+    needles = [
+        b"SQLite format 3",
+        b"storage@fame.fabric",
+        b"CREATE TABLE",
+        value.split('"')[3].encode(),
+    ]
     assert plaintext_hits(data, needles) == []
 
 
@@ -160,7 +172,9 @@ def test_clean_removes_data_config_and_keys_without_root(project: Path) -> None:
     assert foreign == []
     ps = subprocess.run(
         ["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=pa-docker-test"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert ps.stdout.strip() == ""
 
@@ -187,10 +201,10 @@ def test_stop_status_and_logs_in_a_never_started_checkout(project: Path) -> None
 
 def test_build_without_a_registry_says_how_to_build_a_base(built: Path) -> None:
     """A base image that cannot be pulled: one line pointing at `make base-image`."""
-    failed = _make(built, "build", "PYTHON_IMAGE=registry.invalid/python:3.12-slim",
-                   check=False)
+    failed = _make(built, "build", "PYTHON_IMAGE=registry.invalid/python:3.12-slim", check=False)
     assert failed.returncode != 0
     [line] = [s for s in failed.stderr.splitlines() if s.startswith("error:")]
-    assert line.startswith("error: the base image registry.invalid/python:3.12-slim could not "
-                           "be pulled (")
+    assert line.startswith(
+        "error: the base image registry.invalid/python:3.12-slim could not be pulled ("
+    )
     assert "`sudo make base-image`, then `make start PYTHON_IMAGE=" in line

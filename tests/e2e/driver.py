@@ -65,13 +65,16 @@ async def run(command: str, arg: str) -> None:
         results = await asyncio.gather(
             *(agent.store_value(v) for v in values), return_exceptions=True
         )
-        emit({
-            "acked": [v for v, r in zip(values, results, strict=True)
-                      if not isinstance(r, BaseException)],
-            "errors": [str(r) for r in results if isinstance(r, BaseException)],
-        })
-
-
+        emit(
+            {
+                "acked": [
+                    v
+                    for v, r in zip(values, results, strict=True)
+                    if not isinstance(r, BaseException)
+                ],
+                "errors": [str(r) for r in results if isinstance(r, BaseException)],
+            }
+        )
 
 
 if __name__ == "__main__":

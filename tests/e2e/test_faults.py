@@ -33,8 +33,13 @@ pytestmark = pytest.mark.e2e
 def driver(nodes: LocalNodes, *args: str, timeout: float = 60) -> Any:
     """Run one driver command and return its (last) JSON line."""
     result = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.driver", *args], cwd=REPO, env=nodes.env("client"),
-        capture_output=True, text=True, timeout=timeout, check=False,
+        [sys.executable, "-m", "tests.e2e.driver", *args],
+        cwd=REPO,
+        env=nodes.env("client"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -54,8 +59,11 @@ def test_kill_9_during_writes_loses_no_acknowledged_value(nodes: LocalNodes) -> 
     for _ in range(20):
         with subprocess.Popen(
             [sys.executable, "-m", "tests.e2e.driver", "stream", str(next_value)],
-            cwd=REPO, env=nodes.env("client"), stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True,
+            cwd=REPO,
+            env=nodes.env("client"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         ) as stream:
             assert stream.stdout is not None
             # Crash after a varying number of acknowledged writes, however
@@ -75,8 +83,9 @@ def test_kill_9_during_writes_loses_no_acknowledged_value(nodes: LocalNodes) -> 
         assert stored <= acked[-1] + 1  # at most the one write in flight
         next_value = stored + 1
     verify_ok(nodes)
-    print(f"\ncrash test: {crashes} kill -9 survived, {acked_total} acknowledged writes, "
-          f"{lost} lost")
+    print(
+        f"\ncrash test: {crashes} kill -9 survived, {acked_total} acknowledged writes, {lost} lost"
+    )
 
 
 def test_tampered_database_stops_the_agent_and_is_left_as_it_was(nodes: LocalNodes) -> None:
@@ -101,8 +110,12 @@ def test_eight_clients_with_fifty_concurrent_writes_each(nodes: LocalNodes) -> N
     nodes.start_all()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.e2e.driver", "burst", "50"], cwd=REPO,
-            env=nodes.env("client"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "tests.e2e.driver", "burst", "50"],
+            cwd=REPO,
+            env=nodes.env("client"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(8)
     ]
@@ -119,8 +132,10 @@ def test_eight_clients_with_fifty_concurrent_writes_each(nodes: LocalNodes) -> N
     final = driver(nodes, "retrieve")["value"]
     assert final in acked
     verify_ok(nodes)
-    print(f"\nconcurrency: 8 clients x 50 concurrent calls, {len(acked)} acknowledged, "
-          f"{len(errors)} errors, final value {final} is one of them")
+    print(
+        f"\nconcurrency: 8 clients x 50 concurrent calls, {len(acked)} acknowledged, "
+        f"{len(errors)} errors, final value {final} is one of them"
+    )
 
 
 def test_bad_input_is_stored_faithfully_or_refused_cleanly(
@@ -134,7 +149,7 @@ def test_bad_input_is_stored_faithfully_or_refused_cleanly(
     assert refused["error"] == "store_value expects a string, got int"
     assert driver(nodes, "retrieve")["value"] == "first"
 
-    text = "héllo ☃ 日本語 \U0001f600 \"quoted\" \\ back"
+    text = 'héllo ☃ 日本語 \U0001f600 "quoted" \\ back'
     assert driver(nodes, "store", json.dumps(text))["ok"]["value"] == text
     assert driver(nodes, "retrieve")["value"] == text
 
@@ -175,8 +190,10 @@ def test_newer_state_version_stops_the_agent_untouched(nodes: LocalNodes) -> Non
     path = nodes.data_dir / "agent" / layout.file_name(STATE_NAMESPACE)
     key = config_files.node_key(nodes.config_dir, "agent").database_key(STATE_NAMESPACE)
     with database.opened(path, key) as conn:
-        conn.execute("INSERT INTO kv (key, value) VALUES ('state', ?)",
-                     ('{"schema_version": 9, "value": "from the future"}',))
+        conn.execute(
+            "INSERT INTO kv (key, value) VALUES ('state', ?)",
+            ('{"schema_version": 9, "value": "from the future"}',),
+        )
     before = checksums(nodes.data_dir / "agent")[path.name]
     nodes.start("sentinel")
     with pytest.raises(LocalNodeError, match="schema_version 9"):
@@ -192,15 +209,25 @@ def test_master_key_never_appears_in_logs_or_tool_output(nodes: LocalNodes) -> N
     nodes.start_all()
     argv, env = nodes.client_command(verbose=True)
     outputs = [subprocess.run(argv, env=env, capture_output=True, text=True, check=True)]
-    admin = [sys.executable, "-m", "persistent_agent.ops.admin",
-             "--config-dir", str(nodes.config_dir), "--data-dir", str(nodes.data_dir),
-             "--backups-dir", str(nodes.run_dir / "backups")]
+    admin = [
+        sys.executable,
+        "-m",
+        "persistent_agent.ops.admin",
+        "--config-dir",
+        str(nodes.config_dir),
+        "--data-dir",
+        str(nodes.data_dir),
+        "--backups-dir",
+        str(nodes.run_dir / "backups"),
+    ]
     for command in (["verify"], ["inspect"], ["backup"], ["init"]):
-        outputs.append(subprocess.run([*admin, *command], capture_output=True, text=True,
-                                      check=True))
+        outputs.append(
+            subprocess.run([*admin, *command], capture_output=True, text=True, check=True)
+        )
     nodes.stop_all()
-    outputs.append(subprocess.run([*admin, "rotate-key"], capture_output=True, text=True,
-                                  check=True))
+    outputs.append(
+        subprocess.run([*admin, "rotate-key"], capture_output=True, text=True, check=True)
+    )
     texts = [o.stdout + o.stderr for o in outputs]
     texts += [p.read_text() for p in nodes.run_dir.glob("*.log")]
     assert "Updated state" in texts[0]
@@ -213,15 +240,29 @@ def test_key_bearing_files_and_databases_are_owner_only(nodes: LocalNodes) -> No
     """Generated config, databases, their sidecars and backups are all 0600."""
     nodes.start_all()
     subprocess.run(
-        [sys.executable, "-m", "persistent_agent.ops.admin", "--config-dir", str(nodes.config_dir),
-         "--data-dir", str(nodes.data_dir), "--backups-dir", str(nodes.run_dir / "bk"), "backup"],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "persistent_agent.ops.admin",
+            "--config-dir",
+            str(nodes.config_dir),
+            "--data-dir",
+            str(nodes.data_dir),
+            "--backups-dir",
+            str(nodes.run_dir / "bk"),
+            "backup",
+        ],
+        check=True,
+        capture_output=True,
     )
     files = [config_files.env_file(nodes.config_dir, r) for r in config_files.ROLES]
     files += [p for p in nodes.data_dir.rglob("*") if p.is_file()]
     files += [p for p in (nodes.run_dir / "bk").rglob("*") if p.is_file()]
     assert any(p.name.endswith("-wal") for p in files)
-    loose = [f"{p} {oct(stat.S_IMODE(p.stat().st_mode))}" for p in files
-             if stat.S_IMODE(p.stat().st_mode) != 0o600]
+    loose = [
+        f"{p} {oct(stat.S_IMODE(p.stat().st_mode))}"
+        for p in files
+        if stat.S_IMODE(p.stat().st_mode) != 0o600
+    ]
     assert loose == []
     assert os.stat(nodes.data_dir).st_mode & 0o777 == 0o700

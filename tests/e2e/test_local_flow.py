@@ -66,14 +66,14 @@ def test_data_layout_matches_the_seed_and_holds_no_plaintext(nodes: LocalNodes) 
     nodes.start_all()
     value = stored_value(run_client(nodes).stdout)
     nodes.stop_all()
-    files = {
-        str(p.relative_to(nodes.data_dir))
-        for p in nodes.data_dir.rglob("*.db")
-    }
+    files = {str(p.relative_to(nodes.data_dir)) for p in nodes.data_dir.rglob("*.db")}
     assert files == SEED_LISTING | PYTHON_RUNTIME_EXTRAS
     needles = [
-        b"SQLite format 3", b"storage@fame.fabric", b"CREATE TABLE",
-        value.encode(), value.split('"')[3].encode(),
+        b"SQLite format 3",
+        b"storage@fame.fabric",
+        b"CREATE TABLE",
+        value.encode(),
+        value.split('"')[3].encode(),
     ]
     assert plaintext_hits(nodes.data_dir, needles) == []
 
@@ -126,8 +126,7 @@ def test_client_with_an_unknown_sentinel_host_fails_at_once(nodes: LocalNodes) -
     argv, env = nodes.client_command()
     env["FAME_DIRECT_ADMISSION_URL"] = "ws://sentinel.invalid:8000/fame/v1/attach/ws/downstream"
     env["CLIENT_TIMEOUT_SECONDS"] = "120"
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180,
-                            check=False)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 2
     assert "nothing is running at ws://sentinel.invalid:8000" in result.stderr
     assert "(unknown host)" in result.stderr

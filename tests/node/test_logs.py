@@ -21,8 +21,9 @@ def _spy_chain() -> list[str]:
         seen.append(str(event_dict["event"]))
         raise structlog.DropEvent
 
-    processors = [p for p in structlog.get_config()["processors"]
-                  if p is not structlog.stdlib.filter_by_level]
+    processors = [
+        p for p in structlog.get_config()["processors"] if p is not structlog.stdlib.filter_by_level
+    ]
     structlog.configure(processors=[spy, *processors])
     return seen
 

@@ -54,9 +54,7 @@ def test_handle_message_is_what_unary_replies_override() -> None:
 
 def test_the_streaming_pause_that_unary_replies_avoid_still_exists() -> None:
     """The polling loop's streaming path (10 ms per reply) is still a separate method."""
-    source = inspect.getsource(
-        ChannelPollingManager._handle_streaming_fame_message_responses
-    )
+    source = inspect.getsource(ChannelPollingManager._handle_streaming_fame_message_responses)
     assert "sleep" in source
 
 

@@ -129,9 +129,7 @@ def _write_raw(db_dir: Path, key: MasterKey, document: dict[str, object]) -> Pat
     path = db_dir / layout.file_name(STATE_NAMESPACE)
     db_dir.mkdir(parents=True, exist_ok=True)
     with database.opened(path, key.database_key(STATE_NAMESPACE)) as conn:
-        conn.execute(
-            "INSERT INTO kv (key, value) VALUES ('state', ?)", (json.dumps(document),)
-        )
+        conn.execute("INSERT INTO kv (key, value) VALUES ('state', ?)", (json.dumps(document),))
     return path
 
 

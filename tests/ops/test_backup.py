@@ -35,8 +35,9 @@ def test_backup_is_encrypted_owner_only_and_described(tree: Path) -> None:
 
 def test_backup_while_a_writer_runs_is_consistent(tree: Path) -> None:
     """A backup taken while another process keeps writing still verifies in full."""
-    with running([sys.executable, "-m", "tests.writers", "live", str(tree / "config"),
-                  str(tree / "data")]):
+    with running(
+        [sys.executable, "-m", "tests.writers", "live", str(tree / "config"), str(tree / "data")]
+    ):
         dest = _backup(tree)
     assert len(backup.verify_backup(dest, tree / "config")) == 6
 

@@ -71,8 +71,7 @@ def _done_or_swapped(proc: subprocess.Popen[bytes], inodes: dict[Path, int], n: 
 
 def _big_tree(tree: Path) -> None:
     """More, larger databases, so a rotation lasts long enough to be interrupted."""
-    subprocess.run([sys.executable, "-m", "tests.writers", "bulk", str(tree)], cwd=REPO,
-                   check=True)
+    subprocess.run([sys.executable, "-m", "tests.writers", "bulk", str(tree)], cwd=REPO, check=True)
 
 
 def test_rotate_key_survives_being_killed_at_any_point(
@@ -90,8 +89,14 @@ def test_rotate_key_survives_being_killed_at_any_point(
         return copy
 
     def rotate_cmd(root: Path) -> list[str]:
-        return [*admin, "--config-dir", str(root / "config"), "--data-dir", str(root / "data"),
-                "rotate-key"]
+        return [
+            *admin,
+            "--config-dir",
+            str(root / "config"),
+            "--data-dir",
+            str(root / "data"),
+            "rotate-key",
+        ]
 
     timing = fresh()
     started = time.monotonic()
@@ -108,8 +113,9 @@ def test_rotate_key_survives_being_killed_at_any_point(
         target = len(inodes) * k // trials
 
         proc = subprocess.Popen(rotate_cmd(root), stdout=subprocess.DEVNULL)
-        wait_until(partial(_done_or_swapped, proc, inodes, target),
-                   f"rotate-key to swap {target} files")
+        wait_until(
+            partial(_done_or_swapped, proc, inodes, target), f"rotate-key to swap {target} files"
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         files = all_databases(root / "data")

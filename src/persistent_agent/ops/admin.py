@@ -57,8 +57,10 @@ def _local_start(args: argparse.Namespace) -> int:
     """Start the sentinel and the agent as local background processes."""
     nodes = _nodes(args)
     nodes.start_all()
-    print(f"local: sentinel on 127.0.0.1:{args.port} and persistent-agent are up "
-          f"(logs in {args.run_dir})")
+    print(
+        f"local: sentinel on 127.0.0.1:{args.port} and persistent-agent are up "
+        f"(logs in {args.run_dir})"
+    )
     return 0
 
 
@@ -191,13 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", type=Path, default=Path("run"))
     parser.add_argument("--backups-dir", type=Path, default=Path("backups"))
     parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("SENTINEL_PORT", "8000")),
+        "--port",
+        type=int,
+        default=int(os.environ.get("SENTINEL_PORT", "8000")),
         help="sentinel port for the local-* commands (default: $SENTINEL_PORT or 8000)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (fn, doc, example) in _COMMANDS.items():
         p = sub.add_parser(
-            name, help=doc, description=doc, epilog=f"Example:\n  {example}",
+            name,
+            help=doc,
+            description=doc,
+            epilog=f"Example:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         p.set_defaults(handler=fn)
@@ -206,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "restore":
             p.add_argument("backup", type=Path, help="a directory written by backup")
             p.add_argument(
-                "--force", action="store_true",
+                "--force",
+                action="store_true",
                 help="replace existing data (it is moved under backups/, not deleted)",
             )
         if name == "local-run":

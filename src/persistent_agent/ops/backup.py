@@ -71,8 +71,12 @@ def backup(config_dir: Path, data_dir: Path, backups_dir: Path) -> Path:
             db.role, {"key_fingerprint": db.master_key.fingerprint(), "databases": []}
         )
         node["databases"].append(
-            {"file": db.path.name, "namespace": db.namespace, "rows": rows,
-             "sha256": _sha256(target)}
+            {
+                "file": db.path.name,
+                "namespace": db.namespace,
+                "rows": rows,
+                "sha256": _sha256(target),
+            }
         )
     write_private(dest / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return dest

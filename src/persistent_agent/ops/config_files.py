@@ -190,16 +190,27 @@ INIT_HELP = "Write config/.env.* with a 256-bit master key; keep an existing key
 
 def add_directory_options(parser: argparse.ArgumentParser) -> None:
     """--config-dir and --data-dir, as every tool that reads config and data takes them."""
-    parser.add_argument("--config-dir", type=Path, default=Path("config"),
-                        help="where config/.env.* live (default: config)")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"),
-                        help="the nodes' data directories (default: data)")
+    parser.add_argument(
+        "--config-dir",
+        type=Path,
+        default=Path("config"),
+        help="where config/.env.* live (default: config)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data"),
+        help="the nodes' data directories (default: data)",
+    )
 
 
 def add_init_options(parser: argparse.ArgumentParser) -> None:
     """The options of `init` itself."""
-    parser.add_argument("--new-key", action="store_true",
-                        help="replace the key (refused while encrypted databases exist)")
+    parser.add_argument(
+        "--new-key",
+        action="store_true",
+        help="replace the key (refused while encrypted databases exist)",
+    )
 
 
 def run_init(args: argparse.Namespace) -> int:

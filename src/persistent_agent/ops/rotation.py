@@ -38,9 +38,7 @@ class RotationResult:
 def _pending_key(config_dir: Path) -> tuple[str | None, bool]:
     """The key an interrupted rotation was moving to, if any."""
     pending = {
-        value
-        for role in NODE_ROLES
-        if (value := read_var(env_file(config_dir, role), NEXT_VAR))
+        value for role in NODE_ROLES if (value := read_var(env_file(config_dir, role), NEXT_VAR))
     }
     if len(pending) > 1:
         raise ConfigError(f"{NEXT_VAR} differs between the node config files; fix it by hand")

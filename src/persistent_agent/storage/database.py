@@ -44,6 +44,7 @@ class Connection(Protocol):
 
     def close(self) -> None: ...
 
+
 # SQLCipher's "file is not a database" is how both a wrong key and a damaged
 # first page look: the HMAC of page 1 does not verify, so nothing is readable.
 _UNREADABLE = ("file is not a database", "file is encrypted")
