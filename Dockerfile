@@ -15,7 +15,9 @@ WORKDIR /src
 # Dependencies first, from pyproject.toml alone, so editing the code does not
 # reinstall them: a stub package satisfies the build, the real one follows.
 COPY pyproject.toml README.md ./
-RUN mkdir -p src/persistent_agent && touch src/persistent_agent/__init__.py \
+# (The stub carries a version because pyproject reads it from the package.)
+RUN mkdir -p src/persistent_agent \
+    && echo '__version__ = "0"' > src/persistent_agent/__init__.py \
     && /opt/venv/bin/pip install --quiet . \
     && /opt/venv/bin/pip uninstall --quiet --yes persistent-agent \
     && rm -rf src build ./*.egg-info

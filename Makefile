@@ -23,7 +23,7 @@ export UID_GID := $(shell id -u):$(shell id -g)
 COMPOSE ?= $(shell scripts/compose.sh)
 
 .PHONY: help install init demo local-start local-run local-run-verbose local-stop local-status \
-        test test-unit test-e2e test-docker lint bench clean \
+        test test-unit test-e2e test-docker lint docs bench clean \
         build base-image start stop run run-verbose logs status \
         verify inspect backup restore rotate-key
 
@@ -148,11 +148,15 @@ test-docker: install ## Drive the compose flow against a real Docker engine (PYT
 	PYTHON_IMAGE=$(PYTHON_IMAGE) $(PY) -m pytest -m docker $(PYTEST_ARGS)
 
 LINTED := src tests client scripts bench
+GENERATED_DOCS := docs/operations.md
 lint: install ## ruff (lint and format), mypy (strict on src/), the wings' layering contract
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+docs: install ## Regenerate the generated parts of docs/ (cog; a test checks they are current)
+	$(VENV)/bin/cog -r $(GENERATED_DOCS)
 
 bench: install ## Benchmark: our provider vs the runtime's, RPC latency, startup (ratios, one run)
 	$(PY) bench/run.py $(BENCH_ARGS)

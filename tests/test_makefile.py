@@ -45,6 +45,7 @@ NEEDS: dict[str, set[str]] = {
     "test-docker": {"install"},
     "lint": {"install"},
     "bench": {"install"},
+    "docs": {"install"},
     "clean": set(),
 }
 # Operator tools read keys, they never create one as a side effect.

@@ -1,15 +1,35 @@
 """persistent-agent: the Naylence persistence example in Python, on SQLCipher.
 
-The file tree is the architecture:
+The file tree is the architecture: four wings, each importing only the ones
+above it in this list (``make lint`` checks it), then the entry points.
 
-- ``agent``: ``PersistentAgent`` and its state model (``store_value`` /
-  ``retrieve_value`` at ``storage@fame.fabric``).
-- ``storage_provider`` / ``storage_provider_factory``: whole-file encrypted
-  storage plugged into the runtime through its entry points and profiles.
-- ``database``: opening one SQLCipher file with a key; ``keys``: the master key.
-- ``node``: what the sentinel and agent entry points share.
-- ``config_files``: generating config/.env.* with a key (``make init``).
-- ``errors``: every user-facing error, each one line.
+- ``errors``: every user-facing error, one line each, and how it is printed.
+- ``keys/``: the master key.
+  ``keys.master_key``: parsing, generating and per-database key derivation.
+- ``storage/``: encrypted files and the runtime's storage hooks.
+  ``storage.layout``: file names and data directories;
+  ``storage.database``: opening one SQLCipher file with a key;
+  ``storage.provider``: the ``StorageProvider`` and ``KeyValueStore``;
+  ``storage.provider_factory``: its config, factory and the
+  ``encrypted-sqlite`` profile.
+- ``node/``: what runs inside the node processes.
+  ``node.serving``: settings, preflight, serving (both node entry points);
+  ``node.agent``: ``PersistentAgent`` and its state model;
+  ``node.state``: transactional, versioned agent state;
+  ``node.replies``: RPC replies without the SDK's 10 ms pause;
+  ``node.logs``: disabled log levels dropped before formatting;
+  ``node.sentinel``: the sentinel entry point;
+  ``node.caller``: the client's calls and their retry policy.
+- ``ops/``: what the operator runs.
+  ``ops.admin``: the ``persistent-agent-admin`` CLI;
+  ``ops.config_files``: ``config/.env.*`` and ``make init``;
+  ``ops.inspection``: verify and inspect; ``ops.backup``: backup and restore;
+  ``ops.rotation``: rotate-key; ``ops.services``: are the nodes running?;
+  ``ops.local_nodes``: the nodes as local processes.
+- ``client``: the client entry point; ``__main__``: the agent entry point.
+
+Nothing in this ``__init__`` imports a third-party package: ``make init``
+runs on a bare Python, before anything is installed.
 """
 
 __version__ = "0.1.0"

@@ -16,11 +16,12 @@ from persistent_agent.node import caller, logs, serving
 
 
 def main() -> int:
-    logs.install()
     serving.load_env()
     # Retries would log connection warnings; the one line we print if all
-    # fail is enough. The runtime re-reads FAME_LOG_LEVEL when a fabric starts.
+    # fail is enough. Set before the runtime's logging is first imported
+    # (logs.install), which reads FAME_LOG_LEVEL then.
     os.environ.setdefault(serving.LOG_LEVEL_VAR, "critical")
+    logs.install()
     try:
         asyncio.run(caller.run())
     except PersistentAgentError as error:

@@ -172,9 +172,10 @@ async def run(
     reason = _brief(last_error) if last_error else "no answer"
     raise ServiceUnavailableError(
         f"no answer from {AGENT_ADDR} via {url} within {timeout:g}s ({reason}); "
-        f"is the agent attached? ({start_hint()} starts it; make status / make logs)"
+        f"is the agent attached? (`{start_hint()}` starts it)"
     )
 
 
 def _brief(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:240]
+    text = str(exc)
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:240]

@@ -22,11 +22,11 @@ Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, tuple[Handler, str, str]] = {}
 
 
-def command(name: str, example: str) -> Callable[[Handler], Handler]:
-    """Register a subcommand; its docstring's first line is its help."""
+def command(name: str, example: str, doc: str | None = None) -> Callable[[Handler], Handler]:
+    """Register a subcommand; its help is *doc*, or else its docstring."""
 
     def register(fn: Handler) -> Handler:
-        _COMMANDS[name] = (fn, (fn.__doc__ or "").strip(), example)
+        _COMMANDS[name] = (fn, doc or (fn.__doc__ or "").strip(), example)
         return fn
 
     return register
@@ -44,12 +44,9 @@ def _nodes(args: argparse.Namespace) -> LocalNodes:
     return LocalNodes(args.config_dir, args.data_dir, args.run_dir, port=args.port)
 
 
-@command("init", "persistent-agent-admin init            # keeps an existing key")
+@command("init", "persistent-agent-admin init   # keeps an existing key", config_files.INIT_HELP)
 def _init(args: argparse.Namespace) -> int:
     return config_files.run_init(args)
-
-
-_init.__doc__ = config_files.INIT_HELP
 
 
 @command("local-start", "persistent-agent-admin local-start --port 8000")
@@ -190,8 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Operator tools for the persistent-agent demo.",
     )
     config_files.add_directory_options(parser)
-    parser.add_argument("--run-dir", type=Path, default=Path("run"))
-    parser.add_argument("--backups-dir", type=Path, default=Path("backups"))
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path("run"),
+        help="pid files, ready files and logs of the local nodes (default: run)",
+    )
+    parser.add_argument(
+        "--backups-dir",
+        type=Path,
+        default=Path("backups"),
+        help="where backup writes and restore sets data aside (default: backups)",
+    )
     parser.add_argument(
         "--port",
         type=int,
