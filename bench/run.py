@@ -258,17 +258,7 @@ def bench_startup() -> dict[str, float]:
             async with FameFabric.create(root_config=configs.CLIENT_CONFIG):
                 agent = Agent.remote_by_address(AGENT_ADDR)
                 started = time.perf_counter()
-                import subprocess
-
-                env = nodes.env("agent")
-                with open(nodes.log_file("agent"), "ab") as log:
-                    proc = subprocess.Popen(
-                        [nodes.python, "-m", "persistent_agent"],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                nodes.pid_file("agent").write_text(str(proc.pid))
+                proc = nodes.launch("agent")
                 while True:
                     try:
                         # Short per-try timeout: a call sent while the sentinel

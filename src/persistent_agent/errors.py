@@ -57,7 +57,7 @@ class StateVersionError(PersistentAgentError):
 
 
 class ConfigError(PersistentAgentError):
-    """The generated config files are missing, inconsistent or unsafe to change."""
+    """A config file or setting is missing, inconsistent or unsafe to act on."""
 
 
 class ServicesRunningError(PersistentAgentError):

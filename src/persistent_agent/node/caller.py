@@ -22,6 +22,7 @@ from typing import Any
 from persistent_agent import AGENT_ADDR
 from persistent_agent.errors import (
     ClientCallError,
+    ConfigError,
     NothingRunningError,
     ServiceUnavailableError,
 )
@@ -65,7 +66,7 @@ def timeout_seconds() -> float:
     try:
         return float(raw) if raw else DEFAULT_TIMEOUT
     except ValueError:
-        raise ServiceUnavailableError(f"{TIMEOUT_VAR} must be a number of seconds") from None
+        raise ConfigError(f"{TIMEOUT_VAR} must be a number of seconds") from None
 
 
 async def _session(value: str, deadline: float) -> tuple[Any, Any]:

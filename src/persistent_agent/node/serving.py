@@ -18,7 +18,7 @@ from typing import Any
 from dotenv import load_dotenv
 
 from persistent_agent.errors import (
-    PersistentAgentError,
+    ConfigError,
     StorageProfileError,
     find_error,
     report,
@@ -40,7 +40,7 @@ def load_env() -> None:
     env_file = os.environ.get(ENV_FILE_VAR)
     if env_file:
         if not Path(env_file).is_file():
-            raise PersistentAgentError(f"{ENV_FILE_VAR}={env_file}: no such file; run `make init`")
+            raise ConfigError(f"{ENV_FILE_VAR}={env_file}: no such file; run `make init`")
         load_dotenv(env_file, override=False)
 
 
@@ -64,7 +64,7 @@ def check_storage() -> None:
         from persistent_agent.storage.database import ensure_directory
 
         if os.environ.get(NEXT_ENV_VAR):
-            raise PersistentAgentError(
+            raise ConfigError(
                 f"a key rotation was interrupted ({NEXT_ENV_VAR} is set); "
                 "run `make rotate-key` again to finish it"
             )

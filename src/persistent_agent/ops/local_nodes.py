@@ -83,14 +83,12 @@ class LocalNodes:
             return None
         return process.pid if alive and ours else None
 
-    def start(self, role: str, timeout: float = 120.0, module: str | None = None) -> int:
-        """Start *role* in the background and return once it is serving.
+    def launch(self, role: str, module: str | None = None) -> subprocess.Popen[bytes]:
+        """Start *role* in the background and return at once (see :meth:`start`).
 
         *module* replaces the role's usual entry point (tests serve other agents).
         """
         module = module or MODULES[role]
-        if (running := self.pid(role)) is not None:
-            return running
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ready_file(role).unlink(missing_ok=True)
         with open(self.log_file(role), "ab") as log:
@@ -104,6 +102,13 @@ class LocalNodes:
             )
         self._children[process.pid] = process
         self.pid_file(role).write_text(f"{process.pid} {module}\n")
+        return process
+
+    def start(self, role: str, timeout: float = 120.0, module: str | None = None) -> int:
+        """Start *role* in the background and return once it is serving."""
+        if (running := self.pid(role)) is not None:
+            return running
+        process = self.launch(role, module)
         deadline = time.monotonic() + timeout
         while not self.ready_file(role).exists():
             code = process.poll()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from persistent_agent.errors import ConfigError, WrongKeyError
+from persistent_agent.errors import ConfigError, ServicesRunningError, WrongKeyError
 from persistent_agent.keys.master_key import (
     ENV_VAR,
     MasterKey,
@@ -67,7 +67,9 @@ def rekey_file(path: Path, old: MasterKey, new: MasterKey) -> bool:
         conn.close()
     leftovers = [s for s in sidecars(path) if s.exists()]
     if leftovers:
-        raise ConfigError(f"{leftovers[0]} is still there after closing {path}; is a node running?")
+        raise ServicesRunningError(
+            f"{leftovers[0]} is still there after closing {path}; is a node running?"
+        )
     database.confirm(tmp, new_key, rows)
     database.replace_durably(tmp, path)
     return True
