@@ -64,6 +64,10 @@ class ServicesRunningError(PersistentAgentError):
     """An operation that rewrites data files was asked for while a node has them open."""
 
 
+class DataDirectoryLockedError(PersistentAgentError):
+    """Another process (a node, restore or rotate-key) holds a data directory's lock."""
+
+
 class BackupError(PersistentAgentError):
     """A backup is incomplete, does not verify, or cannot be restored here."""
 
