@@ -8,11 +8,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ADMIN := $(VENV)/bin/persistent-agent-admin
 SENTINEL_PORT ?= 8000
+# Where the sentinel is reachable from: loopback. The demo has no
+# authentication; see docs/operations.md before setting another address.
+SENTINEL_HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
 # `make init` needs only the standard library (any Python 3.9+), so the Docker
 # demo works on hosts without Python 3.12.
 HOST_PYTHON ?= python3
-export SENTINEL_PORT
+export SENTINEL_PORT SENTINEL_HOST
 
 # Docker (see docker-compose.yml). PYTHON_IMAGE is the base image to build on.
 PYTHON_IMAGE ?= python:3.12-slim

@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from persistent_agent.keys.master_key import generate_master_key
@@ -105,6 +106,18 @@ def test_the_seed_flow_persists_across_stop_and_start(project: Path) -> None:
     _make(project, "start")
     second = _client_lines(_make(project, "run"))
     assert second[0] == "Previous state: " + first[1].removeprefix("Updated state: ")
+
+
+def test_the_sentinel_is_published_on_loopback_only(project: Path) -> None:
+    """On the host, the sentinel's port listens on 127.0.0.1 alone (compose publishes it there)."""
+    _make(project, "start")
+    port = int(_env()["SENTINEL_PORT"])
+    addresses = {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
+    assert addresses == {"127.0.0.1"}
 
 
 def test_data_on_the_host_is_the_users_and_opaque(project: Path) -> None:

@@ -21,9 +21,11 @@ import psutil
 
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.node.caller import START_HINT_VAR
+from persistent_agent.node.sentinel import DEFAULT_HOST, HOST_VAR
 from persistent_agent.node.serving import ENV_FILE_VAR, READY_FILE_VAR
 from persistent_agent.ops.config_files import env_file
 
+HOST_SETTING = "SENTINEL_HOST"  # the user's one setting, for local and Docker alike
 MODULES = {"sentinel": "persistent_agent.node.sentinel", "agent": "persistent_agent"}
 ATTACH_PATH = "/fame/v1/attach/ws/downstream"
 
@@ -34,6 +36,8 @@ class LocalNodes:
     data_dir: Path
     run_dir: Path
     port: int = 8000
+    # Loopback unless the user asks otherwise: the demo has no authentication.
+    host: str = field(default_factory=lambda: os.environ.get(HOST_SETTING) or DEFAULT_HOST)
     python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
     # Popen handles of the processes this object started, kept so that they
@@ -41,7 +45,9 @@ class LocalNodes:
     _children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     def admission_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}{ATTACH_PATH}"
+        # A sentinel listening on every address is reached on loopback.
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        return f"ws://{host}:{self.port}{ATTACH_PATH}"
 
     def pid_file(self, role: str) -> Path:
         return self.run_dir / f"{role}.pid"
@@ -62,6 +68,7 @@ class LocalNodes:
             env[READY_FILE_VAR] = str(self.ready_file(role).resolve())
         if role == "sentinel":
             env["FAME_LISTENER_PORT"] = str(self.port)
+            env[HOST_VAR] = self.host
         if role == "client":
             env[START_HINT_VAR] = "make local-start"
         env.update(self.extra_env)
