@@ -18,6 +18,7 @@ import structlog
 
 from persistent_agent.keys.master_key import MasterKey, generate_master_key, parse_master_key
 from persistent_agent.ops import config_files
+from persistent_agent.storage.layout import LOCK_FILE
 
 from . import writers
 
@@ -73,11 +74,15 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = 120)
 
 
 def checksums(directory: Path) -> dict[str, str]:
-    """sha256 of every file under *directory*, by relative path."""
+    """sha256 of every file under *directory*, by relative path.
+
+    The one-writer lock file is left out: it names its current holder, which
+    every node start, restore and rotate-key rewrites; it holds no data.
+    """
     return {
         str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(directory.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != LOCK_FILE
     }
 
 
@@ -143,7 +148,8 @@ def running(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
             proc.kill()
 
 
-def hold_open(path: Path) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
-    """A separate process that keeps *path* open, as a running node would."""
-    code = f"f = open({str(path)!r}, 'rb'); print('ready', flush=True); input()"
-    return running([sys.executable, "-c", code])
+def node_writing(root: Path) -> contextlib.AbstractContextManager[subprocess.Popen[str]]:
+    """A separate process with the agent's storage open and writing, as a running node."""
+    return running(
+        [sys.executable, "-m", "tests.writers", "live", str(root / "config"), str(root / "data")]
+    )

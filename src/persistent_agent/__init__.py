@@ -8,6 +8,7 @@ above it in this list (``make lint`` checks it), then the entry points.
   ``keys.master_key``: parsing, generating and per-database key derivation.
 - ``storage/``: encrypted files and the runtime's storage hooks.
   ``storage.layout``: file names and data directories;
+  ``storage.lock``: one writer per data directory;
   ``storage.database``: opening one SQLCipher file with a key;
   ``storage.provider``: the ``StorageProvider`` and ``KeyValueStore``;
   ``storage.provider_factory``: its config, factory and the
@@ -24,7 +25,7 @@ above it in this list (``make lint`` checks it), then the entry points.
   ``ops.admin``: the ``persistent-agent-admin`` CLI;
   ``ops.config_files``: ``config/.env.*`` and ``make init``;
   ``ops.inspection``: verify and inspect; ``ops.backup``: backup and restore;
-  ``ops.rotation``: rotate-key; ``ops.services``: are the nodes running?;
+  ``ops.rotation``: rotate-key;
   ``ops.local_nodes``: the nodes as local processes.
 - ``client``: the client entry point; ``__main__``: the agent entry point.
 

@@ -61,11 +61,7 @@ class ConfigError(PersistentAgentError):
 
 
 class ServicesRunningError(PersistentAgentError):
-    """An operation that rewrites data files was asked for while a node has them open."""
-
-
-class DataDirectoryLockedError(PersistentAgentError):
-    """Another process (a node, restore or rotate-key) holds a data directory's lock."""
+    """A data directory is in use: a node (or restore, rotate-key) holds its lock."""
 
 
 class BackupError(PersistentAgentError):

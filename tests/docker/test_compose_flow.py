@@ -113,9 +113,9 @@ def test_the_sentinel_is_published_on_loopback_only(project: Path) -> None:
     _make(project, "start")
     port = int(_env()["SENTINEL_PORT"])
     addresses = {
-        c.laddr.ip
+        c.laddr[0]
         for c in psutil.net_connections(kind="inet")
-        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr[1] == port
     }
     assert addresses == {"127.0.0.1"}
 

@@ -266,3 +266,19 @@ def test_key_bearing_files_and_databases_are_owner_only(nodes: LocalNodes) -> No
     ]
     assert loose == []
     assert os.stat(nodes.data_dir).st_mode & 0o777 == 0o700
+
+
+def test_a_second_agent_on_the_same_data_directory_stops_at_startup(nodes: LocalNodes) -> None:
+    """A second agent on data/agent exits with one line naming the directory and the holder;
+    the first one keeps serving its value, and its files are not touched."""
+    nodes.start_all()
+    driver(nodes, "store", '"kept"')
+    second = LocalNodes(nodes.config_dir, nodes.data_dir, nodes.run_dir / "second", port=nodes.port)
+    with pytest.raises(LocalNodeError) as info:
+        second.start("agent")
+    agent_dir = (nodes.data_dir / "agent").resolve()
+    assert f"{agent_dir} is in use by pid {nodes.pid('agent')} on " in str(info.value)
+    log = second.log_file("agent").read_text().strip().splitlines()
+    assert len(log) == 1
+    assert log[0].startswith("persistent-agent: error: ")
+    assert driver(nodes, "retrieve")["value"] == "kept"

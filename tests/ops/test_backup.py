@@ -11,9 +11,9 @@ import pytest
 
 from persistent_agent.errors import BackupError, ServicesRunningError
 from persistent_agent.ops import backup, config_files
-from persistent_agent.storage.layout import all_databases
+from persistent_agent.storage.layout import DB_SUFFIX, all_databases
 
-from ..conftest import checksums, hold_open, plaintext_hits, running
+from ..conftest import checksums, node_writing, plaintext_hits, running
 
 
 def _backup(tree: Path) -> Path:
@@ -80,11 +80,28 @@ def test_restore_checks_the_backup_first(tree: Path) -> None:
         backup.restore(good, tree / "config", tree / "data", tree / "backups", force=True)
 
 
-def test_restore_refuses_while_a_node_has_the_files_open(tree: Path) -> None:
-    """A running node (any process holding a database open) blocks restore."""
+def test_restore_refuses_while_a_node_runs(tree: Path) -> None:
+    """A running node (holding its data directory's lock) blocks restore; nothing moves."""
     dest = _backup(tree)
+    before = checksums(tree / "data" / "sentinel")
     with (
-        hold_open(all_databases(tree / "data")[0]) as holder,
-        pytest.raises(ServicesRunningError, match=str(holder.pid)),
+        node_writing(tree) as holder,
+        pytest.raises(ServicesRunningError, match=f"pid {holder.pid} on "),
     ):
         backup.restore(dest, tree / "config", tree / "data", tree / "backups", force=True)
+    # Nothing was set aside or replaced (the agent's files are live, the sentinel's are not).
+    assert not list((tree / "backups").glob("replaced-*"))
+    assert checksums(tree / "data" / "sentinel") == before
+
+
+def test_restore_never_follows_a_link_at_its_temporary_path(tree: Path) -> None:
+    """A symlink planted where restore writes its temporary copy is replaced, not followed."""
+    dest = _backup(tree)
+    victim = tree / "victim.txt"
+    victim.write_text("untouched")
+    planted = tree / "data" / "agent" / ("agent_state" + DB_SUFFIX + ".restore")
+    planted.symlink_to(victim)
+    backup.restore(dest, tree / "config", tree / "data", tree / "backups", force=True)
+    assert victim.read_text() == "untouched"
+    assert not planted.exists()
+    assert len(backup.verify_backup(dest, tree / "config")) == 6

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from persistent_agent.errors import ServicesRunningError, WrongKeyError
-from persistent_agent.keys.master_key import parse_master_key
+from persistent_agent.keys.master_key import generate_master_key, parse_master_key
 from persistent_agent.ops import config_files, inspection, rotation
 from persistent_agent.ops.config_files import NEXT_VAR
 from persistent_agent.storage import database
 from persistent_agent.storage.layout import NODE_ROLES, all_databases, namespace_of
 
-from ..conftest import REPO, hold_open, wait_until
+from ..conftest import REPO, checksums, node_writing, wait_until
 
 
 def _contents(tree: Path) -> list[str]:
@@ -55,12 +55,25 @@ def test_rotate_key_rekeys_every_database_and_updates_config(tree: Path) -> None
     assert not list((tree / "data").rglob("*.rekey"))
 
 
-def test_rotate_key_refuses_while_services_run(tree: Path) -> None:
-    """A process holding a database open blocks rotation, and no key changes."""
+def test_rotate_key_refuses_while_a_node_runs(tree: Path) -> None:
+    """A running node (holding its data directory's lock) blocks rotation; no key changes."""
     old = config_files.read_key(tree / "config" / ".env.agent")
-    with hold_open(all_databases(tree / "data")[0]), pytest.raises(ServicesRunningError):
+    with node_writing(tree), pytest.raises(ServicesRunningError, match="persistent-agent node"):
         rotation.rotate(tree / "config", tree / "data")
     assert config_files.read_key(tree / "config" / ".env.agent") == old
+    assert config_files.read_var(tree / "config" / ".env.agent", NEXT_VAR) is None
+
+
+def test_rotate_key_with_a_wrong_key_writes_nothing(tree: Path) -> None:
+    """A wrong key in the config: rotate-key refuses before writing a config line or a file."""
+    agent_env = tree / "config" / ".env.agent"
+    config_files.set_key(agent_env, generate_master_key())
+    config_before = agent_env.read_text()
+    data_before = checksums(tree / "data")
+    with pytest.raises(WrongKeyError):
+        rotation.rotate(tree / "config", tree / "data")
+    assert agent_env.read_text() == config_before
+    assert checksums(tree / "data") == data_before
 
 
 def _done_or_swapped(proc: subprocess.Popen[bytes], inodes: dict[Path, int], n: int) -> bool:

@@ -22,9 +22,8 @@ from persistent_agent import __version__
 from persistent_agent.errors import BackupError
 from persistent_agent.ops.config_files import node_key, write_private
 from persistent_agent.ops.inspection import NodeDatabase, node_databases
-from persistent_agent.ops.services import require_stopped
-from persistent_agent.storage import database
-from persistent_agent.storage.layout import all_databases, sidecars
+from persistent_agent.storage import database, lock
+from persistent_agent.storage.layout import all_databases, node_data_dirs, sidecars
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -112,9 +111,17 @@ def verify_backup(backup_dir: Path, config_dir: Path) -> list[NodeDatabase]:
 def restore(
     backup_dir: Path, config_dir: Path, data_dir: Path, backups_dir: Path, *, force: bool = False
 ) -> RestoreResult:
-    """Put a verified backup in place of data/; existing data is set aside, never dropped."""
-    require_stopped(data_dir, "restore")
-    files = verify_backup(backup_dir, config_dir)
+    """Put a verified backup in place of data/; existing data is set aside, never dropped.
+
+    Holds both nodes' data-directory locks throughout, so no node runs meanwhile.
+    """
+    with lock.holding(node_data_dirs(data_dir), "restore"):
+        return _restore(verify_backup(backup_dir, config_dir), data_dir, backups_dir, force)
+
+
+def _restore(
+    files: list[NodeDatabase], data_dir: Path, backups_dir: Path, force: bool
+) -> RestoreResult:
     existing = all_databases(data_dir)
     set_aside = None
     if existing:
@@ -132,7 +139,11 @@ def restore(
     for db in files:
         target = _private_dir(data_dir / db.role) / db.path.name
         tmp = target.with_name(target.name + ".restore")
-        shutil.copyfile(db.path, tmp)
-        os.chmod(tmp, 0o600)
+        # Whatever is at the temporary path (a leftover, or a planted link) is
+        # removed, not followed; the copy is created exclusively, owner-only.
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out, open(db.path, "rb") as source:
+            shutil.copyfileobj(source, out)
         database.replace_durably(tmp, target)
     return RestoreResult(len(files), set_aside)

@@ -23,9 +23,14 @@ from persistent_agent.keys.master_key import (
     parse_master_key,
 )
 from persistent_agent.ops.config_files import NEXT_VAR, edit_vars, env_file, node_key, read_var
-from persistent_agent.ops.services import require_stopped
-from persistent_agent.storage import database
-from persistent_agent.storage.layout import NODE_ROLES, database_files, namespace_of, sidecars
+from persistent_agent.storage import database, lock
+from persistent_agent.storage.layout import (
+    NODE_ROLES,
+    database_files,
+    namespace_of,
+    node_data_dirs,
+    sidecars,
+)
 
 
 @dataclass
@@ -75,17 +80,41 @@ def rekey_file(path: Path, old: MasterKey, new: MasterKey) -> bool:
     return True
 
 
+def _opens(path: Path, key: MasterKey | None) -> bool:
+    if key is None:
+        return False
+    try:
+        with database.opened(path, key.database_key(namespace_of(path)), read_only=True):
+            return True
+    except WrongKeyError:
+        return False
+
+
 def rotate(config_dir: Path, data_dir: Path) -> RotationResult:
-    """Re-key every database of both nodes to one new master key."""
-    require_stopped(data_dir, "rotate-key")
+    """Re-key every database of both nodes to one new master key.
+
+    Holds both nodes' data-directory locks throughout, so no node runs meanwhile.
+    """
+    with lock.holding(node_data_dirs(data_dir), "rotate-key"):
+        return _rotate(config_dir, data_dir)
+
+
+def _rotate(config_dir: Path, data_dir: Path) -> RotationResult:
     pending, resumed = _pending_key(config_dir)
     new_text = pending or generate_master_key()
     new = parse_master_key(new_text)
     result = RotationResult(resumed=resumed)
-
-    # 1. Record the new key beside the old one before touching any database.
     roles = [r for r in NODE_ROLES if env_file(config_dir, r).is_file()]
     olds = {role: node_key(config_dir, role) for role in roles}
+
+    # 0. Every database must open with its node's key (or, resuming, the new
+    # one) before anything is written: a wrong key changes nothing.
+    for role in roles:
+        for path in database_files(data_dir / role):
+            if not (_opens(path, olds[role]) or (resumed and _opens(path, new))):
+                raise WrongKeyError(path)
+
+    # 1. Record the new key beside the old one before touching any database.
     for role in roles:
         if olds[role] != new and read_var(env_file(config_dir, role), NEXT_VAR) != new_text:
             edit_vars(env_file(config_dir, role), {NEXT_VAR: new_text})

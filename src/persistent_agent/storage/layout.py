@@ -14,6 +14,8 @@ from pathlib import Path
 DB_SUFFIX = "_encrypted_value.db"
 SIDECAR_SUFFIXES = ("-wal", "-shm")
 NODE_ROLES = ("sentinel", "agent")
+# The one-writer lock in every node data directory (see storage/lock.py).
+LOCK_FILE = "persistent-agent.lock"
 
 _SAFE_NAMESPACE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -20,7 +20,7 @@ from naylence.fame.util.logging import getLogger
 from pydantic import BaseModel
 
 from persistent_agent.keys.master_key import MasterKey
-from persistent_agent.storage import database, layout
+from persistent_agent.storage import database, layout, lock
 
 V = TypeVar("V", bound=BaseModel)
 
@@ -108,6 +108,8 @@ class SQLCipherStorageProvider(StorageProvider):
         self._synchronous: database.Synchronous = synchronous
         self._connections: dict[str, database.Connection] = {}
         database.ensure_directory(self._directory)
+        # One writer per directory, for as long as this provider lives.
+        self._lock: Path | None = lock.acquire(self._directory, "a persistent-agent node")
         atexit.register(self.close)
         # Unlock and check every existing database now, so a wrong key or a
         # damaged page stops the node at startup, naming the file, before
@@ -141,3 +143,6 @@ class SQLCipherStorageProvider(StorageProvider):
         connections, self._connections = self._connections, {}
         for conn in connections.values():
             conn.close()
+        held, self._lock = self._lock, None
+        if held is not None:
+            lock.release(held)
