@@ -132,7 +132,7 @@ backup: install ## Consistent encrypted snapshot of both nodes into backups/<tim
 
 restore: install ## Restore BACKUP=backups/<time> (services stopped; FORCE=1 replaces data)
 	@[ -n "$(BACKUP)" ] || { echo "usage: make restore BACKUP=backups/<time> [FORCE=1]" >&2; exit 2; }
-	@$(ADMIN) restore "$(BACKUP)" $(if $(FORCE),--force)
+	@$(ADMIN) restore "$(BACKUP)" $(if $(filter 1 yes true,$(FORCE)),--force)
 
 rotate-key: install ## Re-key all databases to a new master key (services stopped)
 	@$(ADMIN) rotate-key

@@ -173,3 +173,15 @@ def test_the_image_tag_is_written_once_and_agrees_everywhere() -> None:
         check=True,
     ).stdout.strip()
     assert out == image.group(1)
+
+
+def test_restore_force_means_what_it_says() -> None:
+    """FORCE=1 (or yes/true) passes --force; FORCE=0 or no FORCE does not."""
+
+    def planned(*args: str) -> str:
+        return _make(REPO, "-n", "restore", "BACKUP=backups/x", *args).splitlines()[-1]
+
+    assert planned("FORCE=1").endswith("--force")
+    assert planned("FORCE=yes").endswith("--force")
+    assert not planned("FORCE=0").endswith("--force")
+    assert not planned().endswith("--force")

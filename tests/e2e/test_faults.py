@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -282,3 +283,45 @@ def test_a_second_agent_on_the_same_data_directory_stops_at_startup(nodes: Local
     assert len(log) == 1
     assert log[0].startswith("persistent-agent: error: ")
     assert driver(nodes, "retrieve")["value"] == "kept"
+
+
+def test_a_port_in_use_is_one_line(nodes: LocalNodes) -> None:
+    """Another program on the sentinel's port: one line naming the address, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", nodes.port))
+        taken.listen()
+        with pytest.raises(LocalNodeError, match=f"cannot listen on 127.0.0.1:{nodes.port}"):
+            nodes.start("sentinel")
+    log = nodes.log_file("sentinel").read_text().strip().splitlines()
+    assert log == [
+        f"sentinel: error: cannot listen on 127.0.0.1:{nodes.port}: already in use; stop what "
+        "uses it, or choose another port with SENTINEL_PORT=<port>"
+    ]
+
+
+def test_a_failed_agent_start_leaves_no_sentinel_behind(nodes: LocalNodes) -> None:
+    """local-start whose agent cannot start (bad key) stops the sentinel it started."""
+    nodes.extra_env["FAME_STORAGE_MASTER_KEY"] = "tooshort"
+    with pytest.raises(LocalNodeError, match="64 hex characters"):
+        nodes.start_all()
+    assert nodes.pid("sentinel") is None
+    assert nodes.pid("agent") is None
+
+
+def test_exported_node_settings_do_not_leak_into_the_nodes(
+    nodes: LocalNodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exported FAME_SHOW_ENVELOPES or FAME_STORAGE_PROFILE=sqlite in the shell reaches
+    no node: no stored value in the logs, no plaintext database; run/ is owner-only."""
+    monkeypatch.setenv("FAME_SHOW_ENVELOPES", "true")
+    monkeypatch.setenv("FAME_STORAGE_PROFILE", "sqlite")
+    monkeypatch.setenv("FAME_LOG_LEVEL", "debug")
+    nodes.start_all()
+    assert driver(nodes, "store", '"LEAK-CANARY-4242"')["ok"]["value"] == "LEAK-CANARY-4242"
+    nodes.stop_all()
+    logs = "".join(p.read_text() for p in nodes.run_dir.glob("*.log"))
+    assert "LEAK-CANARY-4242" not in logs
+    files = [p for p in nodes.data_dir.rglob("*") if p.is_file()]
+    assert all(p.name.endswith(layout.DB_SUFFIX) or p.name == layout.LOCK_FILE for p in files)
+    assert stat.S_IMODE(nodes.run_dir.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in nodes.run_dir.glob("*.log")} == {0o600}

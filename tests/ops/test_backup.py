@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from persistent_agent.errors import BackupError, ServicesRunningError
+from persistent_agent.errors import BackupError, PersistentAgentError, ServicesRunningError
 from persistent_agent.ops import backup, config_files
 from persistent_agent.storage.layout import DB_SUFFIX, all_databases
 
@@ -28,9 +28,28 @@ def test_backup_is_encrypted_owner_only_and_described(tree: Path) -> None:
     assert len(files) == 6
     assert {d["rows"] for n in manifest["nodes"].values() for d in n["databases"]} == {25}
     assert plaintext_hits(dest, [b"SQLite format 3", b"SECRET-", b"agent_state-0"]) == []
-    for path in dest.rglob("*"):
-        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600)
+    for path in [tree / "backups", dest, *dest.rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
     assert backup.verify_backup(dest, tree / "config")
+
+
+def test_a_failed_backup_leaves_nothing_that_looks_like_one(tree: Path) -> None:
+    """A backup that fails half-way (a damaged database) leaves no directory behind."""
+    target = sorted((tree / "data" / "agent").glob("*.db"))[-1]
+    raw = bytearray(target.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    target.write_bytes(bytes(raw))
+    with pytest.raises(PersistentAgentError, match=str(target)):
+        _backup(tree)
+    assert list((tree / "backups").iterdir()) == []
+
+
+def test_a_malformed_manifest_is_one_line_not_a_traceback(tree: Path) -> None:
+    """A manifest with a wrong shape is refused as a BackupError naming the file."""
+    dest = _backup(tree)
+    (dest / "manifest.json").write_text(json.dumps({"format": 1, "nodes": {"agent": {}}}))
+    with pytest.raises(BackupError, match=r"manifest\.json is malformed"):
+        backup.verify_backup(dest, tree / "config")
 
 
 def test_backup_while_a_writer_runs_is_consistent(tree: Path) -> None:

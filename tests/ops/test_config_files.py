@@ -100,3 +100,12 @@ def test_admin_init_never_prints_the_key(
     assert "generated" in out.out
     assert "kept" in out.out
     assert key not in out.out + out.err
+
+
+def test_init_refuses_a_new_key_when_config_is_gone_but_data_is_not(tree: Path) -> None:
+    """Config files deleted, databases kept: init refuses, naming the databases, writes nothing."""
+    for role in config_files.ROLES:
+        config_files.env_file(tree / "config", role).unlink()
+    with pytest.raises(ConfigError, match=r"no master key in .* 6 encrypted databases exist"):
+        config_files.init(tree / "config", tree / "data")
+    assert not config_files.env_file(tree / "config", "agent").exists()

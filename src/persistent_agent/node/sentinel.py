@@ -11,13 +11,37 @@ sets 0.0.0.0 inside the container, whose port it publishes on the host's
 from __future__ import annotations
 
 import copy
+import errno
+import os
+import socket
 import sys
 from typing import Any
 
+from persistent_agent.errors import ConfigError
 from persistent_agent.node import serving
 
 HOST_VAR = "FAME_LISTENER_HOST"
 DEFAULT_HOST = "127.0.0.1"
+PORT_VAR = "FAME_LISTENER_PORT"
+DEFAULT_PORT = 8000  # the SDK's SENTINEL_PORT
+
+
+def check_port() -> None:
+    """Fail with one line if the sentinel's address is taken, before the runtime starts
+    (whose own failure is a bare ``SystemExit: 1`` from the web server)."""
+    host = os.environ.get(HOST_VAR) or DEFAULT_HOST
+    port = int(os.environ.get(PORT_VAR) or DEFAULT_PORT)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As the web server does: a port left in TIME_WAIT is free to use.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            why = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {why}; stop what uses it, or choose "
+                "another port with SENTINEL_PORT=<port>"
+            ) from None
 
 
 def sentinel_config() -> dict[str, Any]:
@@ -41,7 +65,7 @@ async def _main() -> None:
 
 
 def main() -> None:
-    sys.exit(serving.run("sentinel", _main))
+    sys.exit(serving.run("sentinel", _main, preflight=check_port))
 
 
 if __name__ == "__main__":

@@ -107,12 +107,18 @@ async def _as_coroutine(main: Callable[[], Awaitable[None]]) -> None:
     await main()
 
 
-def run(name: str, main: Callable[[], Awaitable[None]]) -> int:
-    """Run *main* to completion; our errors become one line and exit code 2."""
+def run(
+    name: str,
+    main: Callable[[], Awaitable[None]],
+    preflight: Callable[[], None] | None = None,
+) -> int:
+    """Check settings (and *preflight*), run *main*; our errors become one line, exit 2."""
     try:
         logs.install()  # before the preflight below can use a runtime logger
         load_env()
         check_storage()
+        if preflight is not None:
+            preflight()
         asyncio.run(_as_coroutine(main))
     except KeyboardInterrupt:
         return 0

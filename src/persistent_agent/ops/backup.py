@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from persistent_agent import __version__
-from persistent_agent.errors import BackupError
+from persistent_agent.errors import BackupError, DatabaseDamagedError
 from persistent_agent.ops.config_files import node_key, write_private
 from persistent_agent.ops.inspection import NodeDatabase, node_databases
 from persistent_agent.storage import database, lock
@@ -54,7 +54,22 @@ def backup(config_dir: Path, data_dir: Path, backups_dir: Path) -> Path:
     sources = node_databases(config_dir, data_dir)
     if not sources:
         raise BackupError(f"nothing to back up: no encrypted databases under {data_dir}")
-    dest = _private_dir(backups_dir) / _stamp()
+    stamp = _stamp()
+    # Built under a hidden name, renamed into place only once complete: a
+    # failed backup leaves no directory that looks like a backup.
+    partial = _private_dir(backups_dir) / f".{stamp}.partial"
+    _private_dir(partial)
+    try:
+        _write_backup(sources, partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    dest = backups_dir / stamp
+    os.rename(partial, dest)
+    return dest
+
+
+def _write_backup(sources: list[NodeDatabase], dest: Path) -> None:
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
@@ -63,8 +78,11 @@ def backup(config_dir: Path, data_dir: Path, backups_dir: Path) -> Path:
     }
     for db in sources:
         target = _private_dir(dest / db.role) / db.path.name
-        with database.opened(db.path, db.key, create=False) as conn:
-            rows = database.export(conn, target, db.key)
+        try:
+            with database.opened(db.path, db.key, create=False) as conn:
+                rows = database.export(conn, target, db.key)
+        except database.DatabaseError as exc:  # a page that fails its HMAC mid-export
+            raise DatabaseDamagedError(db.path, str(exc)) from None
         database.confirm(target, db.key, rows)
         node = manifest["nodes"].setdefault(
             db.role, {"key_fingerprint": db.master_key.fingerprint(), "databases": []}
@@ -78,11 +96,20 @@ def backup(config_dir: Path, data_dir: Path, backups_dir: Path) -> Path:
             }
         )
     write_private(dest / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    return dest
 
 
 def verify_backup(backup_dir: Path, config_dir: Path) -> list[NodeDatabase]:
     """Check a backup against its manifest and the configured keys; return its files."""
+    try:
+        return _verify_backup(backup_dir, config_dir)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BackupError(
+            f"{backup_dir / MANIFEST} is malformed (bad or missing {exc}); "
+            "it was not written by backup, or was edited"
+        ) from None
+
+
+def _verify_backup(backup_dir: Path, config_dir: Path) -> list[NodeDatabase]:
     try:
         manifest = json.loads((backup_dir / MANIFEST).read_text())
     except (OSError, ValueError) as exc:

@@ -142,6 +142,15 @@ def init(config_dir: Path, data_dir: Path, *, new_key: bool = False) -> InitResu
     database exists: those would become unreadable (use rotate-key instead).
     """
     keys = node_keys(config_dir)
+    if not keys and (found := all_databases(data_dir)):
+        # The config (and the key in it) is gone, the data is not: a new key
+        # would open none of it, and the old key could no longer be put back.
+        names = ", ".join(str(p) for p in found[:3]) + (", …" if len(found) > 3 else "")
+        raise ConfigError(
+            f"no master key in {config_dir}, but {len(found)} encrypted databases exist "
+            f"({names}); a new key would open none of them. Put the old "
+            f"{config_dir}/.env.* back, or run `make clean` to discard the data"
+        )
     if new_key and keys:
         found = all_databases(data_dir)
         if found:

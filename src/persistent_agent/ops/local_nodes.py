@@ -25,6 +25,7 @@ from persistent_agent.node.sentinel import DEFAULT_HOST, HOST_VAR
 from persistent_agent.node.serving import ENV_FILE_VAR, READY_FILE_VAR
 from persistent_agent.ops.config_files import env_file
 
+_NODE_SETTINGS = ("FAME_", "PERSISTENT_AGENT_")
 HOST_SETTING = "SENTINEL_HOST"  # the user's one setting, for local and Docker alike
 MODULES = {"sentinel": "persistent_agent.node.sentinel", "agent": "persistent_agent"}
 ATTACH_PATH = "/fame/v1/attach/ws/downstream"
@@ -59,8 +60,15 @@ class LocalNodes:
         return self.run_dir / f"{role}.log"
 
     def env(self, role: str) -> dict[str, str]:
-        """The process environment for *role*: its env file, pointed at loopback and data/."""
-        env = dict(os.environ)
+        """The process environment for *role*: its env file, pointed at loopback and data/.
+
+        Settings come from the config files and this object only: inherited
+        FAME_* and PERSISTENT_AGENT_* variables are dropped, so that a stray
+        ``export FAME_SHOW_ENVELOPES=true`` (values in the logs) or
+        ``FAME_STORAGE_PROFILE=sqlite`` (plaintext files) from the shell cannot
+        reach the nodes. PATH, HOME and the like pass through.
+        """
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_NODE_SETTINGS)}
         env[ENV_FILE_VAR] = str(env_file(self.config_dir, role).resolve())
         env["FAME_DIRECT_ADMISSION_URL"] = self.admission_url()
         if role in MODULES:
@@ -96,9 +104,13 @@ class LocalNodes:
         *module* replaces the role's usual entry point (tests serve other agents).
         """
         module = module or MODULES[role]
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Owner-only: logs can hold node ids, addresses and errors about the data.
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.run_dir, 0o700)
         self.ready_file(role).unlink(missing_ok=True)
-        with open(self.log_file(role), "ab") as log:
+        log_fd = os.open(self.log_file(role), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(log_fd, 0o600)
+        with open(log_fd, "ab") as log:
             process = subprocess.Popen(
                 [self.python, "-m", module],
                 stdin=subprocess.DEVNULL,
@@ -162,8 +174,15 @@ class LocalNodes:
         return self.stop(role, timeout=0, sig=signal.SIGKILL)
 
     def start_all(self) -> None:
+        """Start both; if the agent fails, stop the sentinel this call started."""
+        started_sentinel = self.pid("sentinel") is None
         self.start("sentinel")
-        self.start("agent")
+        try:
+            self.start("agent")
+        except BaseException:
+            if started_sentinel:
+                self.stop("sentinel")
+            raise
 
     def stop_all(self) -> list[str]:
         return [role for role in ("agent", "sentinel") if self.stop(role)]

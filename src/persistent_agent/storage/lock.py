@@ -63,8 +63,7 @@ def acquire(directory: Path, purpose: str) -> Path:
         holder = _holder(fd)
         os.close(fd)
         raise ServicesRunningError(
-            f"{directory} is in use by {holder}; stop it first "
-            "(make stop, or make local-stop)"
+            f"{directory} is in use by {holder}; stop it first (make stop, or make local-stop)"
         ) from None
     except BaseException:
         os.close(fd)
