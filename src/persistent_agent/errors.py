@@ -60,6 +60,24 @@ class ConfigError(PersistentAgentError):
     """A config file or setting is missing, inconsistent or unsafe to act on."""
 
 
+class KeyFileExposedError(ConfigError):
+    """A file holding the master key is readable by group or others."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} holds the master key but is readable by group or others "
+            f"(mode {mode:o}); refusing to use it. `make init` makes it owner-only (0600)"
+        )
+
+    @classmethod
+    def check(cls, path: Path) -> None:
+        """Raise if *path* can be read by anyone but its owner."""
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise cls(path, mode)
+
+
 class ServicesRunningError(PersistentAgentError):
     """A data directory is in use: a node (or restore, rotate-key) holds its lock."""
 
@@ -82,6 +100,51 @@ class LocalNodeError(PersistentAgentError):
 
 class ClientCallError(PersistentAgentError):
     """The agent (or the sentinel) answered a call with an error; retrying would not help."""
+
+
+class StorageFullError(PersistentAgentError):
+    """A database file cannot be written because its file system is full."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"cannot write {path}: its file system is full; free some space there "
+            "(df -h shows how much is left) and try again"
+        )
+
+
+class StorageReadOnlyError(PersistentAgentError):
+    """A database file, or the file system it is on, cannot be written to."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"cannot write {path}: it (or its file system) is read-only; make it writable "
+            "(remount the file system read-write, or fix its permissions) and try again"
+        )
+
+
+class DatabaseBusyError(PersistentAgentError):
+    """Another process kept a database locked for longer than we wait."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} stayed locked by another process for longer than we wait; find what "
+            "else has it open (a second node, a restore or rotate-key) and try again once "
+            "it is done"
+        )
+
+
+class StorageIOError(PersistentAgentError):
+    """The operating system failed to open, read or write a database file."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        self.path = path
+        super().__init__(
+            f"cannot read or write {path} ({detail}); check the disk, how it is mounted "
+            "and the file's permissions"
+        )
 
 
 def report(name: str, error: PersistentAgentError) -> int:

@@ -325,3 +325,14 @@ def test_exported_node_settings_do_not_leak_into_the_nodes(
     assert all(p.name.endswith(layout.DB_SUFFIX) or p.name == layout.LOCK_FILE for p in files)
     assert stat.S_IMODE(nodes.run_dir.stat().st_mode) == 0o700
     assert {stat.S_IMODE(p.stat().st_mode) for p in nodes.run_dir.glob("*.log")} == {0o600}
+
+
+def test_a_node_refuses_a_key_file_others_can_read(nodes: LocalNodes) -> None:
+    """The agent's env file made group-readable: the agent stops with one line naming it."""
+    agent_env = config_files.env_file(nodes.config_dir, "agent")
+    agent_env.chmod(0o644)
+    with pytest.raises(LocalNodeError, match="readable by group or others"):
+        nodes.start("agent")
+    log = nodes.log_file("agent").read_text().strip().splitlines()
+    assert len(log) == 1
+    assert str(agent_env.resolve()) in log[0]

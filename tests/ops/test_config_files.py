@@ -109,3 +109,77 @@ def test_init_refuses_a_new_key_when_config_is_gone_but_data_is_not(tree: Path) 
     with pytest.raises(ConfigError, match=r"no master key in .* 6 encrypted databases exist"):
         config_files.init(tree / "config", tree / "data")
     assert not config_files.env_file(tree / "config", "agent").exists()
+
+
+ENV_CASES = {
+    "plain": "A=1\nFAME_STORAGE_MASTER_KEY=abc\n",
+    "double quotes": 'FAME_STORAGE_MASTER_KEY="abc"\n',
+    "single quotes": "FAME_STORAGE_MASTER_KEY='abc'\n",
+    "comment after": "FAME_STORAGE_MASTER_KEY=abc # the key\n",
+    "quoted with comment": 'FAME_STORAGE_MASTER_KEY="abc" # the key\n',
+    "hash inside quotes": "FAME_STORAGE_MASTER_KEY='a#b'\n",
+    "export": "export FAME_STORAGE_MASTER_KEY=abc\n",
+    "spaces around =": "FAME_STORAGE_MASTER_KEY = abc\n",
+    "duplicates, last wins": "FAME_STORAGE_MASTER_KEY=first\nFAME_STORAGE_MASTER_KEY=last\n",
+    "commented out": "# FAME_STORAGE_MASTER_KEY=old\nFAME_STORAGE_MASTER_KEY=new\n",
+    "empty": "FAME_STORAGE_MASTER_KEY=\n",
+}
+
+
+@pytest.mark.parametrize("text", ENV_CASES.values(), ids=ENV_CASES.keys())
+def test_the_stdlib_reader_agrees_with_python_dotenv(tmp_path: Path, text: str) -> None:
+    """make init's reader and python-dotenv (what nodes and tools use) read the same values."""
+    from dotenv import dotenv_values
+
+    path = tmp_path / ".env"
+    path.write_text(text)
+    assert config_files.parse_env(text) == dotenv_values(path, interpolate=False)
+
+
+def test_setting_a_key_replaces_every_line_that_sets_it(tmp_path: Path) -> None:
+    """edit_vars leaves one line for the variable, where the first was; others untouched."""
+    path = tmp_path / ".env"
+    path.write_text("# note\nexport FAME_STORAGE_MASTER_KEY=a\nB=2\nFAME_STORAGE_MASTER_KEY = b\n")
+    config_files.edit_vars(path, {"FAME_STORAGE_MASTER_KEY": "c"})
+    assert path.read_text() == "# note\nFAME_STORAGE_MASTER_KEY=c\nB=2\n"
+    assert config_files.read_key(path) == "c"
+
+
+def test_init_makes_a_readable_key_file_owner_only_and_says_so(
+    initialised: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A key-bearing config file left 0644: init makes it 0600 and names it in its line."""
+    agent_env = config_files.env_file(initialised / "config", "agent")
+    agent_env.chmod(0o644)
+    assert (
+        admin.main(
+            [
+                "--config-dir",
+                str(initialised / "config"),
+                "--data-dir",
+                str(initialised / "data"),
+                "init",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert f"made {agent_env} owner-only (0600)" in out
+    assert _mode(agent_env) == 0o600
+
+
+def test_tools_refuse_a_key_file_others_can_read(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify with a group-readable key file: one line naming it, exit 2."""
+    agent_env = config_files.env_file(tree / "config", "agent")
+    agent_env.chmod(0o640)
+    code = admin.main(
+        ["--config-dir", str(tree / "config"), "--data-dir", str(tree / "data"), "verify"]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [
+        f"verify: error: {agent_env} holds the master key but is readable by group or others "
+        "(mode 640); refusing to use it. `make init` makes it owner-only (0600)"
+    ]

@@ -15,14 +15,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from dotenv import load_dotenv
+from dotenv import dotenv_values, load_dotenv
 
 from persistent_agent.errors import (
     ConfigError,
+    KeyFileExposedError,
     StorageProfileError,
     find_error,
     report,
 )
+from persistent_agent.keys import master_key
 from persistent_agent.node import logs
 
 ENV_FILE_VAR = "PERSISTENT_AGENT_ENV_FILE"
@@ -41,6 +43,8 @@ def load_env() -> None:
     if env_file:
         if not Path(env_file).is_file():
             raise ConfigError(f"{ENV_FILE_VAR}={env_file}: no such file; run `make init`")
+        if dotenv_values(env_file, interpolate=False).get(master_key.ENV_VAR):
+            KeyFileExposedError.check(Path(env_file))
         load_dotenv(env_file, override=False)
 
 

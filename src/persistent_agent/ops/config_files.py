@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from persistent_agent.errors import ConfigError, MasterKeyError
+from persistent_agent.errors import ConfigError, KeyFileExposedError, MasterKeyError
 from persistent_agent.keys.master_key import (
     ENV_VAR,
     NEXT_ENV_VAR,
@@ -31,8 +31,38 @@ PLACEHOLDER = "${" + ENV_VAR + "}"
 NEXT_VAR = NEXT_ENV_VAR
 
 
-def _line(name: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(name)}=(.*)$", re.MULTILINE)
+def _defines(name: str) -> re.Pattern[str]:
+    """A line that sets *name*, as python-dotenv reads it (``export``, spaces)."""
+    return re.compile(rf"^\s*(?:export\s+)?{re.escape(name)}\s*=")
+
+
+_ASSIGNMENT = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*(.*)$")
+
+
+def _value(raw: str) -> str:
+    """One value as python-dotenv reads it: quoted, or unquoted up to a `` #`` comment."""
+    if raw[:1] in ("'", '"'):
+        quote, end = raw[0], raw.find(raw[0], 1)
+        while quote == '"' and end > 0 and raw[end - 1] == "\\":
+            end = raw.find(quote, end + 1)
+        text = raw[1:end] if end > 0 else raw[1:]
+        return text.replace('\\"', '"').replace("\\\\", "\\") if quote == '"' else text
+    return re.split(r"\s+#", raw, maxsplit=1)[0].strip()
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """Read an env file the way python-dotenv does, for the cases config files have:
+    ``export``, quotes, comments, and the last of duplicate lines winning.
+
+    ``make init`` runs before anything is installed, so it cannot use
+    python-dotenv; everything else does (:func:`read_var`), and
+    tests/ops/test_config_files.py proves the two agree.
+    """
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if match := _ASSIGNMENT.match(line):
+            values[match.group(1)] = _value(match.group(2).strip())
+    return values
 
 
 @dataclass(frozen=True)
@@ -41,6 +71,7 @@ class InitResult:
 
     key_source: str  # "generated", "kept", "replaced"
     written: tuple[Path, ...]
+    made_private: tuple[Path, ...] = ()  # key-bearing files that others could read
 
 
 def env_file(config_dir: Path, role: str) -> Path:
@@ -52,11 +83,18 @@ def template(config_dir: Path, role: str) -> Path:
 
 
 def read_var(path: Path, name: str) -> str | None:
-    """The value of ``name=`` in env file *path*, or None when file or line is absent."""
+    """The value of ``name=`` in env file *path*, or None when file or line is absent.
+
+    Read with python-dotenv, as the nodes read it, where it is installed; on a
+    bare Python (``make init``) with :func:`parse_env`, which agrees with it.
+    """
     if not path.is_file():
         return None
-    match = _line(name).search(path.read_text())
-    return match.group(1).strip() if match else None
+    try:
+        from dotenv import dotenv_values
+    except ImportError:
+        return parse_env(path.read_text()).get(name)
+    return dotenv_values(path, interpolate=False).get(name)
 
 
 def read_key(path: Path) -> str | None:
@@ -71,13 +109,18 @@ def edit_vars(path: Path, values: dict[str, str | None]) -> None:
     """
     lines = path.read_text().splitlines()
     for name, value in values.items():
-        index = next((i for i, line in enumerate(lines) if line.startswith(name + "=")), None)
-        if value is None:
-            lines = [line for line in lines if not line.startswith(name + "=")]
-        elif index is None:
-            lines.append(f"{name}={value}")
-        else:
-            lines[index] = f"{name}={value}"
+        sets = _defines(name)
+        first = next((i for i, line in enumerate(lines) if sets.match(line)), None)
+        new = None if value is None else f"{name}={value}"
+        # Every line that sets it goes (a later duplicate would win over ours);
+        # the new one takes the place of the first, or is appended.
+        lines = [
+            new if i == first and new is not None else line
+            for i, line in enumerate(lines)
+            if not sets.match(line) or (i == first and new is not None)
+        ]
+        if first is None and new is not None:
+            lines.append(new)
     write_private(path, "\n".join(lines) + "\n")
 
 
@@ -106,6 +149,7 @@ def node_key(config_dir: Path, role: str) -> MasterKey:
     path = env_file(config_dir, role)
     if not path.is_file():
         raise ConfigError(f"{path} does not exist; run `make init`")
+    KeyFileExposedError.check(path)
     try:
         return parse_master_key(read_key(path))
     except MasterKeyError as error:
@@ -178,18 +222,31 @@ def init(config_dir: Path, data_dir: Path, *, new_key: bool = False) -> InitResu
             continue
         written.append(target)
 
+    # Files that hold a key and that others can read: made owner-only (and
+    # said so), since nodes and tools refuse to use them as they are.
+    made_private = []
+    for role in ROLES:
+        target = env_file(config_dir, role)
+        if target.is_file() and target.stat().st_mode & 0o077 and read_key(target) is not None:
+            os.chmod(target, 0o600)
+            made_private.append(target)
+
     for directory in [data_dir, *node_data_dirs(data_dir)]:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
-    return InitResult(source, tuple(written))
+    return InitResult(source, tuple(written), tuple(made_private))
 
 
 def describe(result: InitResult) -> str:
     """The one line `init` prints: what happened to the key, never the key."""
     files = ", ".join(str(p) for p in result.written)
-    return f"init: master key {result.key_source}; " + (
+    line = f"init: master key {result.key_source}; " + (
         f"wrote {files}" if files else "config files already in place"
     )
+    if result.made_private:
+        fixed = ", ".join(str(p) for p in result.made_private)
+        line += f"; made {fixed} owner-only (0600): it holds the key and others could read it"
+    return line
 
 
 # `make init` runs scripts/gen_master_key.py on a bare host Python, and the
