@@ -46,6 +46,15 @@ def driver(nodes: LocalNodes, *args: str, timeout: float = 60) -> Any:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _admin(nodes: LocalNodes, backups: Path) -> list[str]:
+    """The admin CLI's command line for *nodes*' config and data."""
+    return [
+        *(sys.executable, "-m", "persistent_agent.ops.admin"),
+        *("--config-dir", str(nodes.config_dir), "--data-dir", str(nodes.data_dir)),
+        *("--backups-dir", str(backups)),
+    ]
+
+
 def verify_ok(nodes: LocalNodes) -> None:
     reports = inspection.verify(nodes.config_dir, nodes.data_dir)
     assert reports
@@ -210,17 +219,7 @@ def test_master_key_never_appears_in_logs_or_tool_output(nodes: LocalNodes) -> N
     nodes.start_all()
     argv, env = nodes.client_command(verbose=True)
     outputs = [subprocess.run(argv, env=env, capture_output=True, text=True, check=True)]
-    admin = [
-        sys.executable,
-        "-m",
-        "persistent_agent.ops.admin",
-        "--config-dir",
-        str(nodes.config_dir),
-        "--data-dir",
-        str(nodes.data_dir),
-        "--backups-dir",
-        str(nodes.run_dir / "backups"),
-    ]
+    admin = _admin(nodes, nodes.run_dir / "backups")
     for command in (["verify"], ["inspect"], ["backup"], ["init"]):
         outputs.append(
             subprocess.run([*admin, *command], capture_output=True, text=True, check=True)
@@ -241,18 +240,7 @@ def test_key_bearing_files_and_databases_are_owner_only(nodes: LocalNodes) -> No
     """Generated config, databases, their sidecars and backups are all 0600."""
     nodes.start_all()
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "persistent_agent.ops.admin",
-            "--config-dir",
-            str(nodes.config_dir),
-            "--data-dir",
-            str(nodes.data_dir),
-            "--backups-dir",
-            str(nodes.run_dir / "bk"),
-            "backup",
-        ],
+        [*_admin(nodes, nodes.run_dir / "bk"), "backup"],
         check=True,
         capture_output=True,
     )

@@ -22,11 +22,22 @@ Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, tuple[Handler, str, str]] = {}
 
 
-def command(name: str, example: str, doc: str | None = None) -> Callable[[Handler], Handler]:
-    """Register a subcommand; its help is *doc*, or else its docstring."""
+def command(
+    name: str, example: str, doc: str | None = None, *, needs_config: bool = False
+) -> Callable[[Handler], Handler]:
+    """Register a subcommand; its help is *doc*, or else its docstring.
+
+    *needs_config*: it reads the keys, so without config it says `run make
+    init` instead of running (operator tools never create a key).
+    """
 
     def register(fn: Handler) -> Handler:
-        _COMMANDS[name] = (fn, doc or (fn.__doc__ or "").strip(), example)
+        def run(args: argparse.Namespace) -> int:
+            if needs_config:
+                _require_config(args)
+            return fn(args)
+
+        _COMMANDS[name] = (run, doc or (fn.__doc__ or "").strip(), example)
         return fn
 
     return register
@@ -122,10 +133,9 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("verify", "persistent-agent-admin verify")
+@command("verify", "persistent-agent-admin verify", needs_config=True)
 def _verify(args: argparse.Namespace) -> int:
     """Check every database with its node's key (HMAC and structure); exit 1 on any problem."""
-    _require_config(args)
     reports = inspection.verify(args.config_dir, args.data_dir)
     for checked in reports:
         print(checked.line())
@@ -136,28 +146,27 @@ def _verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-@command("inspect", "persistent-agent-admin inspect | less")
+@command("inspect", "persistent-agent-admin inspect | less", needs_config=True)
 def _inspect(args: argparse.Namespace) -> int:
     """Decrypt and print every database (namespace, key, value JSON); writes nothing."""
-    _require_config(args)
     for line in inspection.inspect(args.config_dir, args.data_dir):
         print(line)
     return 0
 
 
-@command("backup", "persistent-agent-admin backup --backups-dir backups")
+@command("backup", "persistent-agent-admin backup --backups-dir backups", needs_config=True)
 def _backup(args: argparse.Namespace) -> int:
     """Take a consistent encrypted snapshot of both nodes into backups/<UTC time>/."""
-    _require_config(args)
     dest = backup.backup(args.config_dir, args.data_dir, args.backups_dir)
     print(f"backup: wrote {dest} (restore with: make restore BACKUP={dest})")
     return 0
 
 
-@command("restore", "persistent-agent-admin restore backups/20261126T101500123456Z")
+@command(
+    "restore", "persistent-agent-admin restore backups/20261126T101500123456Z", needs_config=True
+)
 def _restore(args: argparse.Namespace) -> int:
     """Verify a backup, then put it in place of data/ (services stopped; --force to replace)."""
-    _require_config(args)
     result = backup.restore(
         args.backup, args.config_dir, args.data_dir, args.backups_dir, force=args.force
     )
@@ -166,10 +175,9 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("rotate-key", "persistent-agent-admin rotate-key")
+@command("rotate-key", "persistent-agent-admin rotate-key", needs_config=True)
 def _rotate_key(args: argparse.Namespace) -> int:
     """Re-key every database to a new master key (services stopped; safe to re-run)."""
-    _require_config(args)
     result = rotation.rotate(args.config_dir, args.data_dir)
     resumed = " (finished an interrupted rotation)" if result.resumed else ""
     print(
