@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from persistent_agent.ops import admin
+from persistent_agent.ops import admin, config_files
+from persistent_agent.storage import database, layout
 from persistent_agent.storage.layout import all_databases
 
-from ..conftest import ROWS, checksums
+from ..conftest import ROWS, checksums, running
+from ..storage import child
 
 
 def _admin(tree: Path, *argv: str) -> int:
@@ -66,4 +69,74 @@ def test_inspect_prints_values_and_writes_nothing(
     assert "namespace agent_state" in out
     assert 'agent-agent_state-0\t{"text":"SECRET-agent-0"}' in out
     assert out.count("\n== ") + 1 == len(all_databases(tree / "data"))
+    assert checksums(tree / "data") == before
+
+
+def _agent_db(tree: Path, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The agent's database of *namespace*, with its key where tests.storage.child looks."""
+    key = config_files.read_key(tree / "config" / ".env.agent")
+    assert key is not None
+    monkeypatch.setenv("FAME_STORAGE_MASTER_KEY", key)
+    return tree / "data" / "agent" / layout.file_name(namespace)
+
+
+@pytest.mark.parametrize("right_key", [True, False], ids=["right-key", "wrong-key"])
+def test_verify_and_inspect_after_a_crash_change_no_file(
+    tree: Path, right_key: bool, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a node was killed mid-write, verify and inspect change no byte of any file."""
+    target = _agent_db(tree, "agent_state", monkeypatch)
+    with running(child.argv("crash", target)) as proc:  # returns once "written" is printed
+        proc.kill()
+        proc.wait()
+    assert all(p.exists() for p in layout.sidecars(target))
+    if not right_key:
+        config_files.set_key(tree / "config" / ".env.agent", "cd" * 32)
+    before = checksums(tree / "data")
+    if right_key:
+        assert _admin(tree, "verify") == 0
+        assert f"ok    {target} ({ROWS + child.CRASH_ROWS} entries)" in capsys.readouterr().out
+        assert _admin(tree, "inspect") == 0
+        assert 'crash-0\t{"text":"crash"}' in capsys.readouterr().out
+    else:
+        assert _admin(tree, "verify") == 1
+        assert f"FAIL  {target}: cannot decrypt" in capsys.readouterr().out
+        assert _admin(tree, "inspect") == 2
+        assert "cannot decrypt" in capsys.readouterr().err
+    assert checksums(tree / "data") == before
+
+
+def test_verify_beside_a_live_writer_is_ok_and_the_writer_keeps_working(
+    tree: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify and inspect beside a process that keeps writing pass; its later writes are read."""
+    target = _agent_db(tree, "extra", monkeypatch)
+    with running(child.argv("write", target)) as writer:  # returns once "writing" is printed
+        assert writer.stdin is not None and writer.stdout is not None
+        assert _admin(tree, "verify") == 0
+        assert "verify: 6 ok, 0 failed" in capsys.readouterr().out
+        assert _admin(tree, "inspect") == 0
+        assert all(p.exists() for p in layout.sidecars(target))
+        writer.stdin.write("after-verify\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline() == "wrote after-verify\n"
+        key = config_files.node_key(tree / "config", "agent").database_key("extra")
+        with database.opened(target, key, read_only=True) as conn:
+            assert ("after-verify", '{"text":"after"}') in database.rows(conn)
+
+
+@pytest.mark.parametrize("size", [0, 1000], ids=["empty", "cut-short"])
+def test_empty_or_cut_short_file_fails_verify_and_inspect_and_is_left(
+    tree: Path, size: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty or cut-short database fails verify (exit 1) and inspect as damaged, untouched."""
+    target = tree / "data" / "agent" / layout.file_name("agent_state")
+    os.truncate(target, size)
+    before = checksums(tree / "data")
+    assert _admin(tree, "verify") == 1
+    out = capsys.readouterr().out
+    assert f"FAIL  {target}: {target} is damaged" in out
+    assert "verify: 5 ok, 1 failed" in out
+    assert _admin(tree, "inspect") == 2
+    assert f"{target} is damaged" in capsys.readouterr().err
     assert checksums(tree / "data") == before

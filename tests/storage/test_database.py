@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from persistent_agent.errors import StorageDirectoryError, WrongKeyError
-from persistent_agent.keys.master_key import generate_master_key, parse_master_key
+from persistent_agent.errors import DatabaseDamagedError, StorageDirectoryError, WrongKeyError
+from persistent_agent.keys.master_key import MasterKey, generate_master_key, parse_master_key
 from persistent_agent.storage import database, layout
+from persistent_agent.storage.provider import SQLCipherStorageProvider
 
 from ..conftest import checksums, plaintext_hits
 
@@ -78,3 +82,37 @@ def test_unwritable_directory_is_one_clear_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(StorageDirectoryError, match="FAME_STORAGE_DB_DIRECTORY"):
         database.ensure_directory(blocker / "db")
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1000, database.PAGE_SIZE + 100],
+    ids=["empty", "shorter-than-a-page", "cut-mid-page"],
+)
+@pytest.mark.parametrize("options", [{}, {"read_only": True}], ids=["read-write", "read-only"])
+def test_empty_or_cut_short_file_is_damaged_and_left_as_is(
+    tmp_path: Path, size: int, options: dict[str, Any]
+) -> None:
+    """A file that is empty or not whole pages is reported as damaged, never made a new database."""
+    path = tmp_path / layout.file_name("ns")
+    key = _key()
+    with database.opened(path, key) as conn:
+        conn.execute("INSERT INTO kv (key, value) VALUES ('k', '{}')")
+    os.truncate(path, size)
+    before = checksums(tmp_path)
+    with pytest.raises(DatabaseDamagedError, match=re.escape(f"{path} is damaged")):
+        database.open_database(path, key, **options)
+    assert checksums(tmp_path) == before
+
+
+def test_empty_database_file_stops_the_provider_and_is_kept(
+    db_dir: Path, master_key: MasterKey
+) -> None:
+    """A 0-byte database file stops a node at startup as damaged, and stays empty and alone."""
+    db_dir.mkdir(mode=0o700)
+    path = db_dir / layout.file_name("agent_state")
+    path.touch(mode=0o600)
+    before = checksums(db_dir)
+    with pytest.raises(DatabaseDamagedError, match=re.escape(f"{path} is damaged")):
+        SQLCipherStorageProvider(db_dir, master_key)
+    assert checksums(db_dir) == before

@@ -81,8 +81,13 @@ def _write_backup(sources: list[NodeDatabase], dest: Path) -> None:
         try:
             with database.opened(db.path, db.key, create=False) as conn:
                 rows = database.export(conn, target, db.key)
-        except database.DatabaseError as exc:  # a page that fails its HMAC mid-export
-            raise DatabaseDamagedError(db.path, str(exc)) from None
+        except database.DatabaseError as exc:
+            # A full or read-only backups disk is the target's problem; a page
+            # that fails its HMAC mid-export is the source's.
+            mapped = database.storage_error(exc, target)
+            if mapped is exc or isinstance(mapped, DatabaseDamagedError):
+                raise DatabaseDamagedError(db.path, str(exc)) from None
+            raise mapped from None
         database.confirm(target, db.key, rows)
         node = manifest["nodes"].setdefault(
             db.role, {"key_fingerprint": db.master_key.fingerprint(), "databases": []}

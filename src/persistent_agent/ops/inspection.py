@@ -1,8 +1,10 @@
 """Read every database with its node's key: `verify` and `inspect`.
 
-Both work while the services run: connections are ``query_only`` and the
-checks are reads. Nothing decrypted is ever written to disk; `inspect` prints
-to stdout only.
+They are how an operator looks at data without risking it, so both leave
+every file exactly as they found it, sidecars included, whether the key is
+right or wrong, while a node runs and writes, and after a node was killed
+(``database.open_database(read_only=True)`` says how). Nothing decrypted is
+ever written to disk; `inspect` prints to stdout only.
 """
 
 from __future__ import annotations
@@ -61,7 +63,10 @@ def node_databases(config_dir: Path, data_dir: Path) -> list[NodeDatabase]:
 def check(db: NodeDatabase) -> Report:
     """Open *db* read-only and run both integrity checks."""
     try:
-        with database.opened(db.path, db.key, read_only=True) as conn:
+        with (
+            database.storage_errors(db.path),
+            database.opened(db.path, db.key, read_only=True) as conn,
+        ):
             problems = database.integrity_problems(conn)
             if problems:
                 return Report(db, None, "; ".join(problems[:3]))
@@ -80,7 +85,10 @@ def verify(config_dir: Path, data_dir: Path) -> list[Report]:
 def inspect(config_dir: Path, data_dir: Path) -> Iterator[str]:
     """Lines describing every database: a header, then ``key<TAB>value JSON`` rows."""
     for db in node_databases(config_dir, data_dir):
-        with database.opened(db.path, db.key, read_only=True) as conn:
+        with (
+            database.storage_errors(db.path),
+            database.opened(db.path, db.key, read_only=True) as conn,
+        ):
             entries = database.rows(conn)
         yield f"== {db.path}  [{db.role}, namespace {db.namespace}, {len(entries)} entries]"
         for key, value in entries:

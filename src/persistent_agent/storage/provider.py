@@ -50,6 +50,13 @@ class SQLCipherKeyValueStore(KeyValueStore[V]):
         self._path = path
         self._validate_json = model_cls.model_validate_json
 
+    def _execute(self, sql: str, parameters: tuple[object, ...]) -> database.Cursor:
+        try:
+            return self._conn.execute(sql, parameters)
+        except database.Error as exc:
+            # A full disk or a lock held too long says so, naming the file.
+            raise database.storage_error(exc, self._path) from None
+
     def _dump(self, value: V) -> str:
         if not isinstance(value, self._model_cls):
             # Validate foreign objects through our model rather than storing
@@ -63,23 +70,25 @@ class SQLCipherKeyValueStore(KeyValueStore[V]):
             # BaseAgent.clear_state() stores None; take it to mean "no value".
             await self.delete(key)
             return
-        self._conn.execute(self._UPSERT, (key, self._dump(value), time.time()))
+        self._execute(self._UPSERT, (key, self._dump(value), time.time()))
 
     async def update(self, key: str, value: V) -> None:
-        cursor = self._conn.execute(self._UPDATE, (self._dump(value), time.time(), key))
+        cursor = self._execute(self._UPDATE, (self._dump(value), time.time(), key))
         if cursor.rowcount == 0:
             raise KeyError(f"Key '{key}' not found for update.")
 
     async def get(self, key: str) -> V | None:
-        row = self._conn.execute(self._SELECT, (key,)).fetchone()
+        row = self._execute(self._SELECT, (key,)).fetchone()
         return None if row is None else self._validate_json(row[0])
 
     async def delete(self, key: str) -> None:
-        self._conn.execute(self._DELETE, (key,))
+        self._execute(self._DELETE, (key,))
 
     async def list(self) -> dict[str, V]:
         result: dict[str, V] = {}
-        for key, raw in database.rows(self._conn):
+        with database.storage_errors(self._path):
+            entries = database.rows(self._conn)
+        for key, raw in entries:
             try:
                 result[key] = self._model_cls.model_validate_json(raw)
             except ValueError:
@@ -102,10 +111,12 @@ class SQLCipherStorageProvider(StorageProvider):
         master_key: MasterKey,
         *,
         synchronous: database.Synchronous = "NORMAL",
+        busy_timeout: float = database.BUSY_TIMEOUT,
     ) -> None:
         self._directory = Path(db_directory)
         self._master_key = master_key
         self._synchronous: database.Synchronous = synchronous
+        self._busy_timeout = busy_timeout
         self._connections: dict[str, database.Connection] = {}
         database.ensure_directory(self._directory)
         # One writer per directory, for as long as this provider lives.
@@ -113,10 +124,11 @@ class SQLCipherStorageProvider(StorageProvider):
         atexit.register(self.close)
         # Unlock and check every existing database now, so a wrong key or a
         # damaged page stops the node at startup, naming the file, before
-        # anything is served or written, not at the first RPC that reads it.
+        # anything is served or written, not at the first RPC that reads it;
+        # open_database does both before it opens anything for writing.
         try:
             for path in layout.database_files(self._directory):
-                database.check_integrity(self._connection(path), path)
+                self._connection(path, check=True)
         except BaseException:
             self.close()
             raise
@@ -125,12 +137,14 @@ class SQLCipherStorageProvider(StorageProvider):
     def db_directory(self) -> Path:
         return self._directory
 
-    def _connection(self, path: Path) -> database.Connection:
+    def _connection(self, path: Path, *, check: bool = False) -> database.Connection:
         if path.name not in self._connections:
             self._connections[path.name] = database.open_database(
                 path,
                 self._master_key.database_key(layout.namespace_of(path)),
                 synchronous=self._synchronous,
+                busy_timeout=self._busy_timeout,
+                check=check,
             )
         return self._connections[path.name]
 
