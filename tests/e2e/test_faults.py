@@ -111,7 +111,7 @@ def test_tampered_database_stops_the_agent_and_is_left_as_it_was(nodes: LocalNod
     with pytest.raises(LocalNodeError, match=str(target)):
         nodes.start("agent")
     reports = inspection.verify(nodes.config_dir, nodes.data_dir)
-    assert [r.database.path for r in reports if r.problem] == [target]
+    assert [r.path for r in reports if r.problem] == [target]
     assert checksums(nodes.data_dir / "agent") == before
 
 

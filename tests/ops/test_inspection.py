@@ -140,3 +140,45 @@ def test_empty_or_cut_short_file_fails_verify_and_inspect_and_is_left(
     assert _admin(tree, "inspect") == 2
     assert f"{target} is damaged" in capsys.readouterr().err
     assert checksums(tree / "data") == before
+
+
+def test_verify_flags_files_that_are_not_ours_and_leaves_them(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plaintext database from another profile and a leftover temp file fail verify
+    by name; the encrypted databases still pass, and nothing is touched."""
+    import sqlite3
+
+    plain = tree / "data" / "agent" / "agent_state.db"
+    with sqlite3.connect(plain) as conn:
+        conn.execute("CREATE TABLE kv (key TEXT, value TEXT)")
+    conn.close()
+    leftover = tree / "data" / "sentinel" / ("x" + layout.DB_SUFFIX + ".rekey")
+    leftover.write_bytes(b"half a file")
+    before = checksums(tree / "data")
+    assert _admin(tree, "verify") == 1
+    out = capsys.readouterr().out
+    assert f"FAIL  {plain}: not a file of persistent-agent (left as it is)" in out
+    assert f"FAIL  {leftover}: not a file of persistent-agent" in out
+    assert out.count("ok    ") == 6
+    assert "verify: 6 ok, 2 failed" in out
+    assert checksums(tree / "data") == before
+
+
+@pytest.mark.parametrize(
+    ("name", "ours"),
+    [
+        ("agent_state_encrypted_value.db", True),
+        ("agent_state_encrypted_value.db-wal", True),
+        ("agent_state_encrypted_value.db-shm", True),
+        ("agent_state_encrypted_value.db-journal", True),
+        (layout.LOCK_FILE, True),
+        ("agent_state.db", False),
+        ("agent_state_encrypted_value.db.rekey", False),
+        ("agent_state_encrypted_value.db.restore", False),
+        ("notes.txt", False),
+    ],
+)
+def test_what_counts_as_ours(name: str, ours: bool) -> None:
+    """The list of our files is one rule in storage.layout: databases, sidecars, the lock."""
+    assert layout.is_ours(name) is ours

@@ -17,7 +17,13 @@ from persistent_agent.errors import PersistentAgentError
 from persistent_agent.keys.master_key import MasterKey
 from persistent_agent.ops.config_files import node_key
 from persistent_agent.storage import database
-from persistent_agent.storage.layout import NODE_ROLES, database_files, namespace_of
+from persistent_agent.storage.layout import (
+    NODE_ROLES,
+    database_files,
+    foreign_files,
+    namespace_of,
+    node_data_dirs,
+)
 
 
 @dataclass(frozen=True)
@@ -39,14 +45,14 @@ class NodeDatabase:
 class Report:
     """The outcome of checking one file: entries counted, or what is wrong."""
 
-    database: NodeDatabase
+    path: Path
     entries: int | None
     problem: str | None
 
     def line(self) -> str:
         if self.problem:
-            return f"FAIL  {self.database.path}: {self.problem}"
-        return f"ok    {self.database.path} ({self.entries} entries)"
+            return f"FAIL  {self.path}: {self.problem}"
+        return f"ok    {self.path} ({self.entries} entries)"
 
 
 def node_databases(config_dir: Path, data_dir: Path) -> list[NodeDatabase]:
@@ -69,17 +75,29 @@ def check(db: NodeDatabase) -> Report:
         ):
             problems = database.integrity_problems(conn)
             if problems:
-                return Report(db, None, "; ".join(problems[:3]))
+                return Report(db.path, None, "; ".join(problems[:3]))
             count = database.row_count(conn)
     except PersistentAgentError as error:
-        return Report(db, None, str(error))
+        return Report(db.path, None, str(error))
     except database.DatabaseError as error:
-        return Report(db, None, str(error))
-    return Report(db, int(count), None)
+        return Report(db.path, None, str(error))
+    return Report(db.path, int(count), None)
 
 
 def verify(config_dir: Path, data_dir: Path) -> list[Report]:
-    return [check(db) for db in node_databases(config_dir, data_dir)]
+    """Every database checked, then every file in a node's directory that is not ours.
+
+    A stray file is flagged, not judged: a plaintext database written by
+    another storage profile, a leftover of an interrupted operation, or
+    something put there by hand. verify touches none of them.
+    """
+    reports = [check(db) for db in node_databases(config_dir, data_dir)]
+    for directory in node_data_dirs(data_dir):
+        reports += [
+            Report(path, None, "not a file of persistent-agent (left as it is)")
+            for path in foreign_files(directory)
+        ]
+    return reports
 
 
 def inspect(config_dir: Path, data_dir: Path) -> Iterator[str]:

@@ -49,6 +49,22 @@ def sidecars(path: Path) -> list[Path]:
     return [path.with_name(path.name + suffix) for suffix in SIDECAR_SUFFIXES]
 
 
+def is_ours(name: str) -> bool:
+    """Whether a file named *name* in a node's data directory is one this project writes:
+    a database, a sidecar SQLite keeps beside one, or the one-writer lock."""
+    base = name.removesuffix("-journal")
+    for suffix in SIDECAR_SUFFIXES:
+        base = base.removesuffix(suffix)
+    return base.endswith(DB_SUFFIX) or name == LOCK_FILE
+
+
+def foreign_files(directory: Path) -> list[Path]:
+    """Everything in *directory* that is not ours (see :func:`is_ours`), sorted."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() or not is_ours(p.name))
+
+
 def node_data_dirs(data_dir: Path) -> list[Path]:
     """data/sentinel and data/agent: one storage directory per node."""
     return [data_dir / role for role in NODE_ROLES]
