@@ -102,7 +102,17 @@ class ClientCallError(PersistentAgentError):
     """The agent (or the sentinel) answered a call with an error; retrying would not help."""
 
 
-class StorageFullError(PersistentAgentError):
+class StorageUnavailableError(PersistentAgentError):
+    """Storage failed while a node ran (full disk, read-only, I/O): it may come back.
+
+    A node exits with 75 (EX_TEMPFAIL) on these, to be restarted once the
+    storage is back, instead of staying up with the runtime's listener dead.
+    """
+
+    exit_code = 75
+
+
+class StorageFullError(StorageUnavailableError):
     """A database file cannot be written because its file system is full."""
 
     def __init__(self, path: Path) -> None:
@@ -113,7 +123,7 @@ class StorageFullError(PersistentAgentError):
         )
 
 
-class StorageReadOnlyError(PersistentAgentError):
+class StorageReadOnlyError(StorageUnavailableError):
     """A database file, or the file system it is on, cannot be written to."""
 
     def __init__(self, path: Path) -> None:
@@ -136,7 +146,7 @@ class DatabaseBusyError(PersistentAgentError):
         )
 
 
-class StorageIOError(PersistentAgentError):
+class StorageIOError(StorageUnavailableError):
     """The operating system failed to open, read or write a database file."""
 
     def __init__(self, path: Path, detail: str) -> None:

@@ -9,6 +9,7 @@ deeply the runtime wrapped it, into one line on stderr and a non-zero exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from persistent_agent.errors import (
     ConfigError,
     KeyFileExposedError,
     StorageProfileError,
+    StorageUnavailableError,
     find_error,
     report,
 )
@@ -80,31 +82,52 @@ def log_level() -> str:
     return os.environ.get(LOG_LEVEL_VAR, "warning")
 
 
-async def serve(start: Callable[[Any], Awaitable[None]], root_config: dict[str, Any]) -> None:
-    """Run a node with *root_config*, call *start(fabric)*, then wait for a signal.
+HEARTBEAT_SECONDS = 2.0
 
-    Once *start* returns, the node is attached and serving; the ready file
-    (if PERSISTENT_AGENT_READY_FILE is set) is what health checks look at.
+
+async def serve(start: Callable[[Any], Awaitable[None]], root_config: dict[str, Any]) -> None:
+    """Run a node with *root_config*, call *start(fabric)*, then serve until a signal.
+
+    Once *start* returns, the node is attached and serving. The ready file (if
+    PERSISTENT_AGENT_READY_FILE is set) is what health checks look at: it is
+    rewritten every HEARTBEAT_SECONDS by the event loop that serves, so a
+    fresh one means "serving now", not "started once". Unavailable storage
+    (a full disk, say) ends the node with its error (exit code 75): the
+    runtime would otherwise go on with its listener dead, answering nothing.
     """
     from naylence.fame.core import FameFabric
     from naylence.fame.util.logging import enable_logging
+
+    from persistent_agent.storage import provider
 
     enable_logging(log_level=log_level())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    failures: list[StorageUnavailableError] = []
 
-    ready_file = os.environ.get(READY_FILE_VAR)
+    def storage_failed(error: StorageUnavailableError) -> None:
+        failures.append(error)
+        loop.call_soon_threadsafe(stop.set)
+
+    provider.on_storage_failure(storage_failed)
+    ready_file = Path(os.environ[READY_FILE_VAR]) if os.environ.get(READY_FILE_VAR) else None
     async with FameFabric.get_or_create(root_config=root_config) as fabric:
         await start(fabric)
-        if ready_file:
-            Path(ready_file).write_text(str(os.getpid()))
         try:
-            await stop.wait()
+            while not failures:
+                if ready_file:
+                    ready_file.write_text(str(os.getpid()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
+                if stop.is_set():
+                    break
         finally:
             if ready_file:
-                Path(ready_file).unlink(missing_ok=True)
+                ready_file.unlink(missing_ok=True)
+    if failures:
+        raise failures[0]
 
 
 async def _as_coroutine(main: Callable[[], Awaitable[None]]) -> None:

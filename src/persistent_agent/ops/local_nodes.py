@@ -169,6 +169,20 @@ class LocalNodes:
         self.ready_file(role).unlink(missing_ok=True)
         return True
 
+    def wait(self, role: str, timeout: float = 120.0) -> int:
+        """Wait for *role*, started by this object, to exit by itself; its exit code."""
+        try:  # the pid file, not pid(): the process may be a zombie already
+            pid = int(self.pid_file(role).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = None
+        child = self._children.get(pid) if pid is not None else None
+        if child is None:
+            raise LocalNodeError(f"{role} is not a running process started here")
+        code = child.wait(timeout)
+        del self._children[child.pid]
+        self.pid_file(role).unlink(missing_ok=True)
+        return code
+
     def kill(self, role: str) -> bool:
         """SIGKILL *role*: a crash, for the fault tests."""
         return self.stop(role, timeout=0, sig=signal.SIGKILL)

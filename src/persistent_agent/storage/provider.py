@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,12 +20,30 @@ from naylence.fame.storage.storage_provider import StorageProvider
 from naylence.fame.util.logging import getLogger
 from pydantic import BaseModel
 
+from persistent_agent.errors import StorageUnavailableError
 from persistent_agent.keys.master_key import MasterKey
 from persistent_agent.storage import database, layout, lock
 
 V = TypeVar("V", bound=BaseModel)
 
 logger = getLogger(__name__)
+
+
+# Who to tell when storage fails under a running node. The runtime calls our
+# stores from its own tasks (the delivery inbox, for one), and a failure there
+# kills its listener task and nothing else: the process would stay up and
+# answer nothing. The node entry point listens here and exits instead.
+_failure_listeners: list[Callable[[StorageUnavailableError], None]] = []
+
+
+def on_storage_failure(listener: Callable[[StorageUnavailableError], None]) -> None:
+    """Call *listener* with the error whenever a store operation hits unavailable storage."""
+    _failure_listeners.append(listener)
+
+
+def _report_failure(error: StorageUnavailableError) -> None:
+    for listener in list(_failure_listeners):
+        listener(error)
 
 
 class SQLCipherKeyValueStore(KeyValueStore[V]):
@@ -55,7 +74,10 @@ class SQLCipherKeyValueStore(KeyValueStore[V]):
             return self._conn.execute(sql, parameters)
         except database.Error as exc:
             # A full disk or a lock held too long says so, naming the file.
-            raise database.storage_error(exc, self._path) from None
+            error = database.storage_error(exc, self._path)
+            if isinstance(error, StorageUnavailableError):
+                _report_failure(error)
+            raise error from None
 
     def _dump(self, value: V) -> str:
         if not isinstance(value, self._model_cls):
