@@ -120,6 +120,39 @@ def test_the_sentinel_is_published_on_loopback_only(project: Path) -> None:
     assert addresses == {"127.0.0.1"}
 
 
+def test_nodes_are_restarted_on_failure_a_bounded_number_of_times(project: Path) -> None:
+    """Both nodes run with restart on-failure, at most 5 times (storage failures exit 75)."""
+    _make(project, "start")
+    for service in ("sentinel", "persistent-agent"):
+        cid = subprocess.run(
+            [
+                "docker",
+                "ps",
+                "-q",
+                "--filter",
+                "label=com.docker.compose.project=pa-docker-test",
+                "--filter",
+                f"label=com.docker.compose.service={service}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        policy = subprocess.run(
+            [
+                "docker",
+                "inspect",
+                "-f",
+                "{{.HostConfig.RestartPolicy.Name}}:{{.HostConfig.RestartPolicy.MaximumRetryCount}}",
+                cid,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert policy == "on-failure:5", service
+
+
 def test_data_on_the_host_is_the_users_and_opaque(project: Path) -> None:
     """After stop: the seed's listing, owned by the user, 0600/0700, no plaintext."""
     value = _stored(project)
