@@ -72,3 +72,13 @@ def test_the_architecture_tree_names_every_module() -> None:
     tree = (REPO / "docs" / "architecture.md").read_text()
     names = {m.rsplit(".", 1)[-1] + ".py" for m in _modules()}
     assert [n for n in sorted(names) if not re.search(rf"\b{re.escape(n)}\b", tree)] == []
+
+
+def test_the_docs_say_what_integrity_checks_do_not_detect() -> None:
+    """No claim that every flipped byte is caught; the WAL and rollback limits are stated."""
+    text = _all_docs()
+    assert "a flipped byte anywhere" not in text
+    operations = (REPO / "docs" / "operations.md").read_text()
+    assert "### What is not detected" in operations
+    assert "A damaged WAL frame is discarded, not reported" in operations
+    assert "A whole file replaced by an older copy of itself is not detected" in operations
