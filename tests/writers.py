@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from persistent_agent.ops import config_files
+from persistent_agent.ops.node_keys import source_of
 from persistent_agent.storage.provider import SQLCipherStorageProvider
 
 
@@ -24,9 +24,7 @@ class Item(BaseModel):
 async def fill(root: Path, namespaces: list[str], rows: int, text: str = "") -> None:
     """Write *rows* entries into each of *namespaces* of both nodes under *root*."""
     for role in ("sentinel", "agent"):
-        provider = SQLCipherStorageProvider(
-            root / "data" / role, config_files.node_key(root / "config", role)
-        )
+        provider = SQLCipherStorageProvider(root / "data" / role, source_of(root / "config", role))
         try:
             for ns in namespaces:
                 store = await provider.get_kv_store(Item, ns)
@@ -38,9 +36,7 @@ async def fill(root: Path, namespaces: list[str], rows: int, text: str = "") -> 
 
 async def live(config_dir: Path, data_dir: Path) -> None:
     """Overwrite 500 keys of the agent's ``extra`` namespace in a loop, forever."""
-    provider = SQLCipherStorageProvider(
-        data_dir / "agent", config_files.node_key(config_dir, "agent")
-    )
+    provider = SQLCipherStorageProvider(data_dir / "agent", source_of(config_dir, "agent"))
     store = await provider.get_kv_store(Item, "extra")
     i = 0
     while True:

@@ -4,12 +4,16 @@ The file tree is the architecture: four wings, each importing only the ones
 above it in this list (``make lint`` checks it), then the entry points.
 
 - ``errors``: every user-facing error, one line each, and how it is printed.
-- ``keys/``: the master key.
-  ``keys.master_key``: parsing, generating and per-database key derivation.
+- ``keys/``: the master key and what it guards.
+  ``keys.master_key``: parsing, generating, reading the key file;
+  ``keys.keyring``: data keys wrapped by the master key (envelope encryption);
+  ``keys.transit``: the master key in Vault or OpenBao transit instead;
+  ``keys.custody``: where a node's key comes from (one function for all).
 - ``storage/``: encrypted files and the runtime's storage hooks.
   ``storage.layout``: file names and data directories;
   ``storage.lock``: one writer per data directory;
   ``storage.database``: opening one SQLCipher file with a key;
+  ``storage.data_keys``: which data key opens which file of a node;
   ``storage.provider``: the ``StorageProvider`` and ``KeyValueStore``;
   ``storage.provider_factory``: its config, factory and the
   ``encrypted-sqlite`` profile.
@@ -23,7 +27,8 @@ above it in this list (``make lint`` checks it), then the entry points.
   ``node.caller``: the client's calls and their retry policy.
 - ``ops/``: what the operator runs.
   ``ops.admin``: the ``persistent-agent-admin`` CLI;
-  ``ops.config_files``: ``config/.env.*`` and ``make init``;
+  ``ops.config_files``: ``config/.env.*``, the key file and ``make init``;
+  ``ops.node_keys``: each node's keys as its config says;
   ``ops.inspection``: verify and inspect; ``ops.backup``: backup and restore;
   ``ops.rotation``: rotate-key;
   ``ops.local_nodes``: the nodes as local processes.
@@ -33,6 +38,6 @@ Nothing in this ``__init__`` imports a third-party package: ``make init``
 runs on a bare Python, before anything is installed.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 AGENT_ADDR = "storage@fame.fabric"

@@ -18,7 +18,15 @@ class PersistentAgentError(Exception):
 
 
 class MasterKeyError(PersistentAgentError):
-    """FAME_STORAGE_MASTER_KEY is missing or is not a 256-bit key."""
+    """The master key (FAME_STORAGE_MASTER_KEY or its _FILE) is missing or not a 256-bit key."""
+
+
+class KeyringError(PersistentAgentError):
+    """A node's keyring is missing, damaged, or wrapped by another master key."""
+
+
+class KeyServiceError(PersistentAgentError):
+    """The key service (Vault/OpenBao transit) is unreachable or refuses our token."""
 
 
 class WrongKeyError(PersistentAgentError):
@@ -27,7 +35,8 @@ class WrongKeyError(PersistentAgentError):
     def __init__(self, path: Path) -> None:
         self.path = path
         super().__init__(
-            f"cannot decrypt {path}: FAME_STORAGE_MASTER_KEY does not match the key this "
+            f"cannot decrypt {path}: the master key (FAME_STORAGE_MASTER_KEY_FILE or "
+            "FAME_STORAGE_MASTER_KEY) or the keyring beside it does not match the key this "
             "database was written with, or the file is damaged; no file was changed"
         )
 

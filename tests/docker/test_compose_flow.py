@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from persistent_agent.keys.master_key import generate_master_key
+from persistent_agent.keys.master_key import generate_master_key, write_key_file
 from persistent_agent.ops import config_files
 
 from ..conftest import bare_copy, checksums, plaintext_hits
@@ -175,37 +175,81 @@ def test_data_on_the_host_is_the_users_and_opaque(project: Path) -> None:
 
 
 def test_wrong_key_stops_the_agent_and_changes_nothing(project: Path) -> None:
-    """A wrong key: start fails, logs hold the one-line error, no data file changes."""
+    """A wrong key in config/master.key: start fails, logs hold the one-line error naming
+    the keyring and the key setting, no data file changes; the right key brings it back."""
     value = _stored(project)
     _make(project, "stop")
-    agent_env = project / "config" / ".env.agent"
-    good_key = config_files.read_key(agent_env)
-    assert good_key is not None
-    before = checksums(project / "data" / "agent")
-    config_files.set_key(agent_env, generate_master_key())
+    key_file = project / "config" / config_files.KEY_FILE
+    good_key = key_file.read_text()
+    before = checksums(project / "data")
+    write_key_file(key_file, generate_master_key())
 
     failed = _make(project, "start", check=False)
     assert failed.returncode != 0
-    assert "persistent-agent exited" in failed.stderr
+    # Both nodes share the key: the sentinel fails first, and make says why.
+    assert "error: sentinel exited: sentinel: error: the keyring" in failed.stderr
     logs = _make(project, "logs").stdout
-    assert "persistent-agent: error: cannot decrypt" in logs
-    assert "FAME_STORAGE_MASTER_KEY" in logs
+    assert "error: the keyring /work/data/" in logs
+    assert "was made under master key" in logs
+    assert "FAME_STORAGE_MASTER_KEY_FILE" in logs
     assert "Traceback" not in logs
-    assert checksums(project / "data" / "agent") == before
+    assert checksums(project / "data") == before
 
     _make(project, "stop")
-    config_files.set_key(agent_env, good_key)
+    write_key_file(key_file, good_key.strip())
     _make(project, "start")
     assert _client_lines(_make(project, "run"))[0] == f"Previous state: {value}"
+
+
+def _key(project: Path) -> str:
+    return (project / "config" / config_files.KEY_FILE).read_text().strip()
 
 
 def test_master_key_never_reaches_make_output_or_logs(project: Path) -> None:
     """Neither make's output nor any container log shows the master key."""
     outputs = [_make(project, t) for t in ("start", "run", "status", "logs", "stop")]
-    key = config_files.read_key(project / "config" / ".env.agent")
-    assert key is not None
+    key = _key(project)
     for result in outputs:
         assert key not in result.stdout + result.stderr
+
+
+def test_the_key_is_a_secret_file_not_an_environment_variable(project: Path) -> None:
+    """After make start, neither `docker inspect` of a node container nor its process
+    environment (/proc/1/environ) holds the key; the node reads it from /run/secrets,
+    owner-only; under config/ only the key file holds it."""
+    _make(project, "start")
+    key = _key(project)
+    for service in ("sentinel", "persistent-agent"):
+        container = _container(project, service)
+        inspect = _docker("inspect", container)
+        assert key not in inspect
+        assert "FAME_STORAGE_MASTER_KEY_FILE=/run/secrets/master_key" in inspect
+        environ = _docker("exec", container, "cat", "/proc/1/environ")
+        assert "FAME_STORAGE_MASTER_KEY_FILE=/run/secrets/master_key" in environ
+        assert key not in environ
+        assert _docker("exec", container, "stat", "-c", "%a", "/run/secrets/master_key") == "600"
+    holders = [
+        p.name for p in (project / "config").iterdir() if p.is_file() and key in p.read_text()
+    ]
+    assert holders == [config_files.KEY_FILE]
+    _make(project, "stop")
+
+
+def _docker(*argv: str) -> str:
+    return subprocess.run(
+        ["docker", *argv], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _container(project: Path, service: str) -> str:
+    return _docker(
+        "ps",
+        "-q",
+        "--filter",
+        "label=com.docker.compose.project=pa-docker-test",
+        "--filter",
+        f"label=com.docker.compose.service={service}",
+    )
 
 
 def test_clean_removes_data_config_and_keys_without_root(project: Path) -> None:
@@ -214,6 +258,7 @@ def test_clean_removes_data_config_and_keys_without_root(project: Path) -> None:
     _make(project, "clean")
     assert not (project / "data").exists()
     assert [p.name for p in (project / "config").glob(".env.*") if p.suffix != ".example"] == []
+    assert not (project / "config" / config_files.KEY_FILE).exists()
     foreign = [p for p in project.rglob("*") if p.stat().st_uid != os.getuid()]
     assert foreign == []
     ps = subprocess.run(

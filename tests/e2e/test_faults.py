@@ -23,9 +23,11 @@ from persistent_agent.errors import LocalNodeError
 from persistent_agent.node.agent import STATE_NAMESPACE
 from persistent_agent.ops import config_files, inspection
 from persistent_agent.ops.local_nodes import LocalNodes
+from persistent_agent.ops.node_keys import source_of
 from persistent_agent.storage import database, layout
 
 from ..conftest import REPO, checksums
+from ..data_keys import data_key, node_key_text
 from .conftest import read_lines
 
 pytestmark = pytest.mark.e2e
@@ -177,8 +179,16 @@ def test_bad_input_is_stored_faithfully_or_refused_cleanly(
     ("env", "message"),
     [
         ({"FAME_STORAGE_PROFILE": "bogus"}, "'bogus' is not a storage profile"),
-        ({"FAME_STORAGE_MASTER_KEY": "tooshort"}, "must be 64 hex characters"),
-        ({"FAME_STORAGE_MASTER_KEY": ""}, "FAME_STORAGE_MASTER_KEY is not set"),
+        (
+            {"FAME_STORAGE_MASTER_KEY": "tooshort", "FAME_STORAGE_MASTER_KEY_FILE": ""},
+            "must be 64 hex characters",
+        ),
+        ({"FAME_STORAGE_MASTER_KEY_FILE": ""}, "FAME_STORAGE_MASTER_KEY is not set"),
+        ({"FAME_STORAGE_MASTER_KEY_FILE": "/nonexistent/master.key"}, "no such file"),
+        (
+            {"FAME_STORAGE_MASTER_KEY": "ab" * 32},
+            "both FAME_STORAGE_MASTER_KEY and FAME_STORAGE_MASTER_KEY_FILE are set",
+        ),
         ({"FAME_STORAGE_DB_DIRECTORY": "/proc/version/db"}, "FAME_STORAGE_DB_DIRECTORY"),
         ({"FAME_STORAGE_MASTER_KEY_NEXT": "ab" * 32}, "key rotation was interrupted"),
     ],
@@ -198,7 +208,7 @@ def test_bad_settings_are_one_clear_line(
 def test_newer_state_version_stops_the_agent_untouched(nodes: LocalNodes) -> None:
     """State from an unknown newer schema: the agent refuses to start and keeps it."""
     path = nodes.data_dir / "agent" / layout.file_name(STATE_NAMESPACE)
-    key = config_files.node_key(nodes.config_dir, "agent").database_key(STATE_NAMESPACE)
+    key = data_key(path, source_of(nodes.config_dir, "agent"))
     with database.opened(path, key) as conn:
         conn.execute(
             "INSERT INTO kv (key, value) VALUES ('state', ?)",
@@ -213,7 +223,7 @@ def test_newer_state_version_stops_the_agent_untouched(nodes: LocalNodes) -> Non
 
 def test_master_key_never_appears_in_logs_or_tool_output(nodes: LocalNodes) -> None:
     """Logs, client output (verbose too) and every admin command are free of the key."""
-    key = config_files.read_key(config_files.env_file(nodes.config_dir, "agent"))
+    key = node_key_text(nodes.config_dir, "agent")
     assert key is not None
     nodes.extra_env["FAME_LOG_LEVEL"] = "debug"
     nodes.start_all()
@@ -289,8 +299,8 @@ def test_a_port_in_use_is_one_line(nodes: LocalNodes) -> None:
 
 def test_a_failed_agent_start_leaves_no_sentinel_behind(nodes: LocalNodes) -> None:
     """local-start whose agent cannot start (bad key) stops the sentinel it started."""
-    nodes.extra_env["FAME_STORAGE_MASTER_KEY"] = "tooshort"
-    with pytest.raises(LocalNodeError, match="64 hex characters"):
+    nodes.extra_env["FAME_STORAGE_MASTER_KEY_FILE"] = "/nonexistent/master.key"
+    with pytest.raises(LocalNodeError, match="no such file"):
         nodes.start_all()
     assert nodes.pid("sentinel") is None
     assert nodes.pid("agent") is None
@@ -310,17 +320,30 @@ def test_exported_node_settings_do_not_leak_into_the_nodes(
     logs = "".join(p.read_text() for p in nodes.run_dir.glob("*.log"))
     assert "LEAK-CANARY-4242" not in logs
     files = [p for p in nodes.data_dir.rglob("*") if p.is_file()]
-    assert all(p.name.endswith(layout.DB_SUFFIX) or p.name == layout.LOCK_FILE for p in files)
+    assert all(layout.is_ours(p.name) for p in files)
     assert stat.S_IMODE(nodes.run_dir.stat().st_mode) == 0o700
     assert {stat.S_IMODE(p.stat().st_mode) for p in nodes.run_dir.glob("*.log")} == {0o600}
 
 
 def test_a_node_refuses_a_key_file_others_can_read(nodes: LocalNodes) -> None:
-    """The agent's env file made group-readable: the agent stops with one line naming it."""
-    agent_env = config_files.env_file(nodes.config_dir, "agent")
-    agent_env.chmod(0o644)
+    """The key file made group-readable: the agent stops with one line naming it."""
+    key_file = config_files.key_file(nodes.config_dir)
+    key_file.chmod(0o644)
     with pytest.raises(LocalNodeError, match="readable by group or others"):
         nodes.start("agent")
     log = nodes.log_file("agent").read_text().strip().splitlines()
     assert len(log) == 1
-    assert str(agent_env.resolve()) in log[0]
+    assert str(key_file.resolve()) in log[0]
+
+
+def test_a_key_inline_in_an_env_file_others_can_read_is_refused(nodes: LocalNodes) -> None:
+    """The seed's way (the key inline in the env file): that file group-readable is refused."""
+    agent_env = config_files.env_file(nodes.config_dir, "agent")
+    key = config_files.node_keys(nodes.config_dir)["agent"]
+    config_files.edit_vars(
+        agent_env, {"FAME_STORAGE_MASTER_KEY_FILE": None, "FAME_STORAGE_MASTER_KEY": key}
+    )
+    agent_env.chmod(0o644)
+    with pytest.raises(LocalNodeError, match="readable by group or others"):
+        nodes.start("agent")
+    assert str(agent_env.resolve()) in nodes.log_file("agent").read_text()

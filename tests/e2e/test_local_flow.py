@@ -15,6 +15,7 @@ from persistent_agent.ops import config_files
 from persistent_agent.ops.local_nodes import LocalNodes
 
 from ..conftest import checksums, plaintext_hits
+from ..data_keys import set_node_key
 from .conftest import read_lines, run_client, stored_value
 
 pytestmark = pytest.mark.e2e
@@ -85,7 +86,7 @@ def test_wrong_key_fails_cleanly_and_the_right_key_still_reads(nodes: LocalNodes
     nodes.stop("agent")
     agent_env = config_files.env_file(nodes.config_dir, "agent")
     good = agent_env.read_text()
-    config_files.set_key(agent_env, generate_master_key())
+    set_node_key(nodes.config_dir, "agent", generate_master_key())
     before = checksums(nodes.data_dir / "agent")
 
     with pytest.raises(LocalNodeError) as info:
@@ -93,7 +94,7 @@ def test_wrong_key_fails_cleanly_and_the_right_key_still_reads(nodes: LocalNodes
     message = str(info.value)
     assert "exited with code 2" in message
     assert "FAME_STORAGE_MASTER_KEY" in message
-    assert "_encrypted_value.db" in message
+    assert "keyring.json was made under master key" in message
     log = nodes.log_file("agent").read_text()
     assert "Traceback" not in log
     assert checksums(nodes.data_dir / "agent") == before

@@ -1,11 +1,18 @@
-"""The master key: parsing, redaction and per-database derivation."""
+"""The master key: parsing, redaction, and reading it from a key file."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from persistent_agent.errors import MasterKeyError
-from persistent_agent.keys.master_key import generate_master_key, hkdf_sha256, parse_master_key
+from persistent_agent.errors import KeyFileExposedError, MasterKeyError
+from persistent_agent.keys.master_key import (
+    generate_master_key,
+    load_master_key,
+    parse_master_key,
+    write_key_file,
+)
 
 
 def test_generated_key_is_256_bits_of_hex() -> None:
@@ -40,22 +47,53 @@ def test_repr_hides_key_material() -> None:
     assert "redacted" in repr(parse_master_key(text))
 
 
-def test_database_keys_differ_per_namespace_and_are_stable() -> None:
-    """Each namespace gets its own key; the same namespace always the same one."""
-    key = parse_master_key(generate_master_key())
-    assert key.database_key("__node_meta") != key.database_key("agent_state")
-    assert key.database_key("agent_state") == key.database_key("agent_state")
-    assert key.database_key("agent_state") != key.material
+def test_a_key_file_is_read_and_a_relative_one_from_its_base(tmp_path: Path) -> None:
+    """FAME_STORAGE_MASTER_KEY_FILE gives the key; a relative path is taken from *base*."""
+    text = generate_master_key()
+    write_key_file(tmp_path / "master.key", text)
+    assert (tmp_path / "master.key").stat().st_mode & 0o777 == 0o600
+    assert load_master_key(None, "master.key", base=tmp_path) == parse_master_key(text)
+    assert load_master_key("", str(tmp_path / "master.key")) == parse_master_key(text)
 
 
-def test_hkdf_matches_rfc5869_test_case_1() -> None:
-    """Our HKDF is RFC 5869's (test case 1 vector)."""
-    okm = hkdf_sha256(
-        bytes.fromhex("0b" * 22),
-        salt=bytes.fromhex("000102030405060708090a0b0c"),
-        info=bytes.fromhex("f0f1f2f3f4f5f6f7f8f9"),
-        length=42,
-    )
-    assert okm.hex() == (
-        "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
-    )
+def test_both_the_key_and_its_file_is_an_error_naming_both(tmp_path: Path) -> None:
+    """Setting FAME_STORAGE_MASTER_KEY and …_FILE is refused, naming both, echoing neither."""
+    text = generate_master_key()
+    write_key_file(tmp_path / "master.key", text)
+    with pytest.raises(MasterKeyError) as info:
+        load_master_key(text, str(tmp_path / "master.key"))
+    assert "FAME_STORAGE_MASTER_KEY and FAME_STORAGE_MASTER_KEY_FILE" in str(info.value)
+    assert text not in str(info.value)
+
+
+def test_a_key_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    """A key file readable by group or others is refused with one line (mode shown)."""
+    path = tmp_path / "master.key"
+    write_key_file(path, generate_master_key())
+    path.chmod(0o640)
+    with pytest.raises(KeyFileExposedError, match="readable by group or others"):
+        load_master_key(None, str(path))
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "no such file"),
+        ("", "is not set"),
+        ("abc\n", "64 hex characters"),
+        ("{k}\n{k}\n", "one line"),
+    ],
+    ids=["missing", "empty", "short", "two lines"],
+)
+def test_a_bad_key_file_says_why_without_the_key(
+    tmp_path: Path, content: str | None, says: str
+) -> None:
+    """Missing, empty, malformed or extra lines: one line saying which, never the key."""
+    key = generate_master_key()
+    path = tmp_path / "master.key"
+    if content is not None:
+        path.write_text(content.format(k=key))
+        path.chmod(0o600)
+    with pytest.raises(MasterKeyError, match=says) as info:
+        load_master_key(None, str(path))
+    assert key not in str(info.value)

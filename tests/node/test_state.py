@@ -17,6 +17,8 @@ from persistent_agent.node.state import TransactionalAgent, VersionedAgentState
 from persistent_agent.storage import database, layout
 from persistent_agent.storage.provider import SQLCipherStorageProvider
 
+from ..data_keys import data_key
+
 
 class Counter(VersionedAgentState):
     count: int = 0
@@ -49,7 +51,7 @@ def _attach(agent: AgentT, provider: SQLCipherStorageProvider) -> AgentT:
 
 def _stored(db_dir: Path, key: MasterKey, namespace: str) -> dict[str, object]:
     path = db_dir / layout.file_name(namespace)
-    with database.opened(path, key.database_key(namespace), read_only=True) as conn:
+    with database.opened(path, data_key(path, key), read_only=True) as conn:
         return dict((k, json.loads(v)) for k, v in database.rows(conn))
 
 
@@ -128,7 +130,7 @@ async def test_concurrent_read_modify_write_loses_no_update(
 def _write_raw(db_dir: Path, key: MasterKey, document: dict[str, object]) -> Path:
     path = db_dir / layout.file_name(STATE_NAMESPACE)
     db_dir.mkdir(parents=True, exist_ok=True)
-    with database.opened(path, key.database_key(STATE_NAMESPACE)) as conn:
+    with database.opened(path, data_key(path, key)) as conn:
         conn.execute("INSERT INTO kv (key, value) VALUES ('state', ?)", (json.dumps(document),))
     return path
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from persistent_agent.errors import BackupError, PersistentAgentError, ServicesRunningError
-from persistent_agent.ops import backup, config_files
+from persistent_agent.ops import backup
 from persistent_agent.storage.layout import DB_SUFFIX, all_databases
 
 from ..conftest import checksums, node_writing, plaintext_hits, running
+from ..data_keys import set_node_key
 
 
 def _backup(tree: Path) -> Path:
@@ -94,8 +95,8 @@ def test_restore_checks_the_backup_first(tree: Path) -> None:
     assert checksums(tree / "data") == before
 
     good = _backup(tree)
-    config_files.set_key(tree / "config" / ".env.agent", "ef" * 32)
-    with pytest.raises(BackupError, match="another master key"):
+    set_node_key(tree / "config", "agent", "ef" * 32)
+    with pytest.raises(BackupError, match="needs the master key with fingerprint"):
         backup.restore(good, tree / "config", tree / "data", tree / "backups", force=True)
 
 

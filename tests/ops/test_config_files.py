@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from persistent_agent.errors import ConfigError
-from persistent_agent.keys.master_key import parse_master_key
+from persistent_agent.keys.master_key import generate_master_key, parse_master_key, write_key_file
 from persistent_agent.ops import admin, config_files
 
 
@@ -16,15 +16,27 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_init_writes_all_files_with_one_valid_key(config_dir: Path, tmp_path: Path) -> None:
-    """Sentinel and agent get the same valid key; the client needs none; all 0600."""
+def _file_key(config_dir: Path) -> str:
+    return (config_dir / config_files.KEY_FILE).read_text().strip()
+
+
+def test_init_writes_one_key_file_that_both_nodes_name(config_dir: Path, tmp_path: Path) -> None:
+    """config/master.key holds a valid key (0600); both node files point at it and hold
+    no key themselves; the client needs none; all 0600."""
     result = config_files.init(config_dir, tmp_path / "data")
     assert result.key_source == "generated"
-    sentinel = config_files.read_key(config_dir / ".env.sentinel")
-    assert sentinel == config_files.read_key(config_dir / ".env.agent")
-    parse_master_key(sentinel)
-    assert config_files.read_key(config_dir / ".env.client") is None
+    parse_master_key(_file_key(config_dir))
+    assert _mode(config_dir / config_files.KEY_FILE) == 0o600
+    for role in ("sentinel", "agent"):
+        env = config_files.read_env(config_dir / f".env.{role}")
+        assert env["FAME_STORAGE_MASTER_KEY_FILE"] == "master.key"
+        assert "FAME_STORAGE_MASTER_KEY" not in env
+    assert config_files.node_keys(config_dir) == dict.fromkeys(
+        ("sentinel", "agent"), _file_key(config_dir)
+    )
+    assert "FAME_STORAGE_MASTER_KEY" not in (config_dir / ".env.client").read_text()
     for role in config_files.ROLES:
+        assert _file_key(config_dir) not in (config_dir / f".env.{role}").read_text()
         assert _mode(config_dir / f".env.{role}") == 0o600
     for d in ("data", "data/agent", "data/sentinel"):
         assert _mode(tmp_path / d) == 0o700
@@ -41,12 +53,47 @@ def test_init_is_idempotent_and_keeps_the_key(config_dir: Path, tmp_path: Path) 
 
 
 def test_init_restores_a_deleted_file_with_the_same_key(config_dir: Path, tmp_path: Path) -> None:
-    """A missing env file is regenerated with the key the others hold."""
+    """A missing env file is regenerated, naming the same key file."""
     config_files.init(config_dir, tmp_path / "data")
-    key = config_files.read_key(config_dir / ".env.agent")
+    keys = config_files.node_keys(config_dir)
     (config_dir / ".env.sentinel").unlink()
     config_files.init(config_dir, tmp_path / "data")
-    assert config_files.read_key(config_dir / ".env.sentinel") == key
+    assert config_files.node_keys(config_dir) == keys
+
+
+def test_an_inline_key_moves_to_the_key_file(config_dir: Path, tmp_path: Path) -> None:
+    """A config of 0.1 (the key inline in both env files) is moved to master.key by init:
+    the same key, no longer in any env file, and said so."""
+    key = generate_master_key()
+    for role in ("sentinel", "agent"):
+        text = config_files.template(config_dir, role).read_text()
+        text = text.replace(
+            "FAME_STORAGE_MASTER_KEY_FILE=master.key", f"FAME_STORAGE_MASTER_KEY={key}"
+        )
+        config_files.write_private(config_dir / f".env.{role}", text)
+    result = config_files.init(config_dir, tmp_path / "data")
+    assert result.key_source == "kept"
+    assert [p.name for p in result.moved_from] == [".env.sentinel", ".env.agent"]
+    assert _file_key(config_dir) == key
+    for role in config_files.ROLES:
+        assert key not in (config_dir / f".env.{role}").read_text()
+    assert config_files.node_keys(config_dir) == {"sentinel": key, "agent": key}
+
+
+def test_moving_an_inline_key_is_crash_safe(config_dir: Path, tmp_path: Path) -> None:
+    """Killed after the key file is written and before the env files change, a rerun finds
+    the same key in both places and finishes: the key is never in neither place."""
+    key = generate_master_key()
+    for role in ("sentinel", "agent"):
+        text = config_files.template(config_dir, role).read_text()
+        text = text.replace(
+            "FAME_STORAGE_MASTER_KEY_FILE=master.key", f"FAME_STORAGE_MASTER_KEY={key}"
+        )
+        config_files.write_private(config_dir / f".env.{role}", text)
+    write_key_file(config_dir / config_files.KEY_FILE, key)  # where a kill would leave it
+    config_files.init(config_dir, tmp_path / "data")
+    assert config_files.node_keys(config_dir) == {"sentinel": key, "agent": key}
+    assert all(key not in (config_dir / f".env.{r}").read_text() for r in config_files.ROLES)
 
 
 def test_new_key_is_refused_while_encrypted_data_exists(config_dir: Path, tmp_path: Path) -> None:
@@ -61,7 +108,7 @@ def test_new_key_is_refused_while_encrypted_data_exists(config_dir: Path, tmp_pa
 
 
 def test_new_key_without_data_replaces_it_everywhere(config_dir: Path, tmp_path: Path) -> None:
-    """With no data yet, --new-key writes a different key to both node files."""
+    """With no data yet, --new-key writes a different key for both nodes."""
     config_files.init(config_dir, tmp_path / "data")
     old = config_files.node_keys(config_dir)
     assert config_files.init(config_dir, tmp_path / "data", new_key=True).key_source == "replaced"
@@ -70,20 +117,22 @@ def test_new_key_without_data_replaces_it_everywhere(config_dir: Path, tmp_path:
     assert new["agent"] != old["agent"]
 
 
-def test_each_node_may_keep_its_own_key(config_dir: Path, tmp_path: Path) -> None:
-    """A per-node key set by hand survives init; neither file is overwritten."""
+def test_different_keys_per_node_are_refused_and_kept(config_dir: Path, tmp_path: Path) -> None:
+    """Node files that name different keys: init says so and changes neither."""
     config_files.init(config_dir, tmp_path / "data")
-    config_files.set_key(config_dir / ".env.agent", "ab" * 32)
-    sentinel = config_files.read_key(config_dir / ".env.sentinel")
-    assert config_files.init(config_dir, tmp_path / "data").written == ()
-    assert config_files.read_key(config_dir / ".env.agent") == "ab" * 32
-    assert config_files.read_key(config_dir / ".env.sentinel") == sentinel
+    write_key_file(config_dir / "other.key", generate_master_key())
+    config_files.edit_vars(config_dir / ".env.agent", {"FAME_STORAGE_MASTER_KEY_FILE": "other.key"})
+    before = config_files.node_keys(config_dir)
+    with pytest.raises(ConfigError, match="different master keys"):
+        config_files.init(config_dir, tmp_path / "data")
+    assert config_files.node_keys(config_dir) == before
 
 
 def test_malformed_key_in_a_file_names_the_file(config_dir: Path, tmp_path: Path) -> None:
     """A broken key in a config file is reported with that file's path."""
     config_files.init(config_dir, tmp_path / "data")
-    config_files.set_key(config_dir / ".env.agent", "short")
+    config_files.edit_vars(config_dir / ".env.agent", {"FAME_STORAGE_MASTER_KEY_FILE": None})
+    config_files.edit_vars(config_dir / ".env.agent", {"FAME_STORAGE_MASTER_KEY": "short"})
     with pytest.raises(ConfigError, match=r"\.env\.agent: .*64 hex"):
         config_files.init(config_dir, tmp_path / "data")
 
@@ -103,7 +152,9 @@ def test_admin_init_never_prints_the_key(
 
 
 def test_init_refuses_a_new_key_when_config_is_gone_but_data_is_not(tree: Path) -> None:
-    """Config files deleted, databases kept: init refuses, naming the databases, writes nothing."""
+    """Key and config files deleted, databases kept: init refuses, naming the databases,
+    and writes nothing."""
+    (tree / "config" / config_files.KEY_FILE).unlink()
     for role in config_files.ROLES:
         config_files.env_file(tree / "config", role).unlink()
     with pytest.raises(ConfigError, match=r"no master key in .* 6 encrypted databases exist"):
@@ -142,14 +193,14 @@ def test_setting_a_key_replaces_every_line_that_sets_it(tmp_path: Path) -> None:
     path.write_text("# note\nexport FAME_STORAGE_MASTER_KEY=a\nB=2\nFAME_STORAGE_MASTER_KEY = b\n")
     config_files.edit_vars(path, {"FAME_STORAGE_MASTER_KEY": "c"})
     assert path.read_text() == "# note\nFAME_STORAGE_MASTER_KEY=c\nB=2\n"
-    assert config_files.read_key(path) == "c"
+    assert config_files.read_var(path, "FAME_STORAGE_MASTER_KEY") == "c"
 
 
 def test_init_makes_a_readable_key_file_owner_only_and_says_so(
     initialised: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A key-bearing config file left 0644: init makes it 0600 and names it in its line."""
-    agent_env = config_files.env_file(initialised / "config", "agent")
+    """The key file left 0644: init makes it 0600 and names it in its line."""
+    agent_env = initialised / "config" / config_files.KEY_FILE
     agent_env.chmod(0o644)
     assert (
         admin.main(
@@ -172,7 +223,7 @@ def test_tools_refuse_a_key_file_others_can_read(
     tree: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """verify with a group-readable key file: one line naming it, exit 2."""
-    agent_env = config_files.env_file(tree / "config", "agent")
+    agent_env = tree / "config" / config_files.KEY_FILE
     agent_env.chmod(0o640)
     code = admin.main(
         ["--config-dir", str(tree / "config"), "--data-dir", str(tree / "data"), "verify"]
@@ -183,3 +234,19 @@ def test_tools_refuse_a_key_file_others_can_read(
         f"verify: error: {agent_env} holds the master key but is readable by group or others "
         "(mode 640); refusing to use it. `make init` makes it owner-only (0600)"
     ]
+
+
+def test_init_leaves_nodes_on_a_key_service_alone(config_dir: Path, tmp_path: Path) -> None:
+    """Nodes configured for Vault/OpenBao get no key file and no key line from init."""
+    config_files.init(config_dir, tmp_path / "data")
+    (config_dir / config_files.KEY_FILE).unlink()
+    for role in ("sentinel", "agent"):
+        config_files.edit_vars(
+            config_dir / f".env.{role}",
+            {"FAME_STORAGE_MASTER_KEY_FILE": None, "FAME_STORAGE_KEY_SERVICE": "vault"},
+        )
+    before = {role: (config_dir / f".env.{role}").read_text() for role in ("sentinel", "agent")}
+    result = config_files.init(config_dir, tmp_path / "data")
+    assert result.key_source == "not used (key service)"
+    assert not (config_dir / config_files.KEY_FILE).exists()
+    assert {r: (config_dir / f".env.{r}").read_text() for r in ("sentinel", "agent")} == before

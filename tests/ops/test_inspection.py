@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from persistent_agent.ops import admin, config_files
+from persistent_agent.ops import admin
+from persistent_agent.ops.node_keys import source_of
 from persistent_agent.storage import database, layout
 from persistent_agent.storage.layout import all_databases
 
 from ..conftest import ROWS, checksums, running
+from ..data_keys import data_key, node_key_text, set_node_key
 from ..storage import child
 
 
@@ -49,14 +51,13 @@ def test_tampered_byte_fails_verify_naming_the_file_and_leaves_it(
 
 
 def test_wrong_key_fails_verify(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """With another key in the agent's config, the agent's files fail, the sentinel's pass."""
-    from persistent_agent.ops import config_files
-
-    config_files.set_key(tree / "config" / ".env.agent", "cd" * 32)
+    """With another key in the agent's config, the agent's files fail (its keyring was made
+    under the other key, and each line says so), the sentinel's pass."""
+    set_node_key(tree / "config", "agent", "cd" * 32)
     assert _admin(tree, "verify") == 1
     out = capsys.readouterr().out
     assert "verify: 3 ok, 3 failed" in out
-    assert "cannot decrypt" in out
+    assert out.count("keyring.json was made under master key") == 3
 
 
 def test_inspect_prints_values_and_writes_nothing(
@@ -74,7 +75,7 @@ def test_inspect_prints_values_and_writes_nothing(
 
 def _agent_db(tree: Path, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The agent's database of *namespace*, with its key where tests.storage.child looks."""
-    key = config_files.read_key(tree / "config" / ".env.agent")
+    key = node_key_text(tree / "config", "agent")
     assert key is not None
     monkeypatch.setenv("FAME_STORAGE_MASTER_KEY", key)
     return tree / "data" / "agent" / layout.file_name(namespace)
@@ -91,7 +92,7 @@ def test_verify_and_inspect_after_a_crash_change_no_file(
         proc.wait()
     assert all(p.exists() for p in layout.sidecars(target))
     if not right_key:
-        config_files.set_key(tree / "config" / ".env.agent", "cd" * 32)
+        set_node_key(tree / "config", "agent", "cd" * 32)
     before = checksums(tree / "data")
     if right_key:
         assert _admin(tree, "verify") == 0
@@ -100,9 +101,9 @@ def test_verify_and_inspect_after_a_crash_change_no_file(
         assert 'crash-0\t{"text":"crash"}' in capsys.readouterr().out
     else:
         assert _admin(tree, "verify") == 1
-        assert f"FAIL  {target}: cannot decrypt" in capsys.readouterr().out
+        assert f"FAIL  {target}: the keyring" in capsys.readouterr().out
         assert _admin(tree, "inspect") == 2
-        assert "cannot decrypt" in capsys.readouterr().err
+        assert "was made under master key" in capsys.readouterr().err
     assert checksums(tree / "data") == before
 
 
@@ -120,7 +121,7 @@ def test_verify_beside_a_live_writer_is_ok_and_the_writer_keeps_working(
         writer.stdin.write("after-verify\n")
         writer.stdin.flush()
         assert writer.stdout.readline() == "wrote after-verify\n"
-        key = config_files.node_key(tree / "config", "agent").database_key("extra")
+        key = data_key(target, source_of(tree / "config", "agent"))
         with database.opened(target, key, read_only=True) as conn:
             assert ("after-verify", '{"text":"after"}') in database.rows(conn)
 

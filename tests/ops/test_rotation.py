@@ -1,25 +1,30 @@
-"""rotate-key: every database moves to a new key, and a kill at any moment loses nothing."""
+"""rotate-key: keyrings re-wrapped under a new master key (no database rewritten), or with
+REENCRYPT every file under new data keys; a kill at any step loses nothing."""
 
 from __future__ import annotations
 
+import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from functools import partial
 from pathlib import Path
 
 import pytest
 
-from persistent_agent.errors import ServicesRunningError, WrongKeyError
-from persistent_agent.keys.master_key import generate_master_key, parse_master_key
-from persistent_agent.ops import config_files, inspection, rotation
-from persistent_agent.ops.config_files import NEXT_VAR
+from persistent_agent.errors import BackupError, KeyringError, ServicesRunningError, WrongKeyError
+from persistent_agent.keys.keyring import Keyring, LocalWrapper, derived_key
+from persistent_agent.keys.master_key import (
+    MasterKey,
+    generate_master_key,
+    parse_master_key,
+    write_key_file,
+)
+from persistent_agent.ops import backup, config_files, inspection, rotation
 from persistent_agent.storage import database
-from persistent_agent.storage.layout import NODE_ROLES, all_databases, namespace_of
+from persistent_agent.storage.layout import KEYRING_FILE, all_databases, node_data_dirs
 
-from ..conftest import REPO, checksums, node_writing, wait_until
+from ..conftest import REPO, checksums, node_writing
+from ..data_keys import data_key, node_key_text
 
 
 def _contents(tree: Path) -> list[str]:
@@ -27,10 +32,15 @@ def _contents(tree: Path) -> list[str]:
     return [line.replace(str(tree), "<root>") for line in lines]
 
 
-def _opens_with(path: Path, key_text: str | None) -> bool:
-    if not key_text:
-        return False
-    key = parse_master_key(key_text).database_key(namespace_of(path))
+def _master(tree: Path) -> MasterKey:
+    return parse_master_key(node_key_text(tree / "config", "agent"))
+
+
+def _databases(tree: Path) -> dict[str, str]:
+    return {k: v for k, v in checksums(tree / "data").items() if k.endswith(".db")}
+
+
+def _opens(path: Path, key: bytes) -> bool:
     try:
         with database.opened(path, key, read_only=True) as conn:
             return not database.integrity_problems(conn)
@@ -38,122 +48,158 @@ def _opens_with(path: Path, key_text: str | None) -> bool:
         return False
 
 
-def test_rotate_key_rekeys_every_database_and_updates_config(tree: Path) -> None:
-    """After rotate-key the new key opens everything, the old key nothing; data is equal."""
-    before = _contents(tree)
-    old = config_files.read_key(tree / "config" / ".env.agent")
-    result = rotation.rotate(tree / "config", tree / "data")
-    assert len(result.rekeyed) == 6
-    new = config_files.read_key(tree / "config" / ".env.agent")
+def test_rotate_key_rewraps_the_keyrings_and_rewrites_no_database(tree: Path) -> None:
+    """The new key opens everything, the old one no keyring; every database file keeps its
+    bytes and its inode; the data reads the same."""
+    before, databases = _contents(tree), _databases(tree)
+    inodes = {p: p.stat().st_ino for p in all_databases(tree / "data")}
+    old = _master(tree)
+    result = rotation.rotate(tree / "config", tree / "data", tree / "backups")
+    assert len(result.rewrapped) == 2
+    assert result.rekeyed == []
+    new = _master(tree)
     assert new != old
-    assert config_files.read_key(tree / "config" / ".env.sentinel") == new
-    assert config_files.read_var(tree / "config" / ".env.agent", NEXT_VAR) is None
-    for path in all_databases(tree / "data"):
-        assert _opens_with(path, new)
-        assert not _opens_with(path, old)
+    assert node_key_text(tree / "config", "sentinel") == new.material.hex()
+    assert not config_files.pending_key_file(tree / "config").exists()
+    assert _databases(tree) == databases
+    assert {p: p.stat().st_ino for p in all_databases(tree / "data")} == inodes
+    for directory in node_data_dirs(tree / "data"):
+        assert Keyring.load(directory / KEYRING_FILE).wrapped_by == new.fingerprint()  # type: ignore[union-attr]
+        with pytest.raises(KeyringError, match="made under master key"):
+            data_key(next(directory.glob("*.db")), old)
+    assert _contents(tree) == before
+
+
+def test_reencrypt_replaces_every_data_key_and_rewrites_every_file(tree: Path) -> None:
+    """REENCRYPT=1: every file is rewritten under a new data key; the old keyring with the old
+    master key (what a leak exposed) opens none of them; the data reads the same."""
+    before, databases = _contents(tree), _databases(tree)
+    old_master = _master(tree)
+    old_keys = {p: data_key(p, old_master) for p in all_databases(tree / "data")}
+    result = rotation.rotate(tree / "config", tree / "data", tree / "backups", reencrypt=True)
+    assert len(result.rekeyed) == 6
+    after = _databases(tree)
+    assert all(after[name] != databases[name] for name in databases)
+    for path, key in old_keys.items():
+        assert not _opens(path, key)
+        assert _opens(path, data_key(path, _master(tree)))
     assert _contents(tree) == before
     assert not list((tree / "data").rglob("*.rekey"))
 
 
 def test_rotate_key_refuses_while_a_node_runs(tree: Path) -> None:
     """A running node (holding its data directory's lock) blocks rotation; no key changes."""
-    old = config_files.read_key(tree / "config" / ".env.agent")
+    config_before = checksums(tree / "config")
     with node_writing(tree), pytest.raises(ServicesRunningError, match="persistent-agent node"):
-        rotation.rotate(tree / "config", tree / "data")
-    assert config_files.read_key(tree / "config" / ".env.agent") == old
-    assert config_files.read_var(tree / "config" / ".env.agent", NEXT_VAR) is None
+        rotation.rotate(tree / "config", tree / "data", tree / "backups")
+    assert checksums(tree / "config") == config_before
 
 
 def test_rotate_key_with_a_wrong_key_writes_nothing(tree: Path) -> None:
-    """A wrong key in the config: rotate-key refuses before writing a config line or a file."""
-    agent_env = tree / "config" / ".env.agent"
-    config_files.set_key(agent_env, generate_master_key())
-    config_before = agent_env.read_text()
-    data_before = checksums(tree / "data")
-    with pytest.raises(WrongKeyError):
-        rotation.rotate(tree / "config", tree / "data")
-    assert agent_env.read_text() == config_before
+    """A wrong key in the config: rotate-key refuses before writing a key, keyring or file."""
+    write_key_file(config_files.key_file(tree / "config"), generate_master_key())
+    config_before, data_before = checksums(tree / "config"), checksums(tree / "data")
+    with pytest.raises(KeyringError, match="made under master key"):
+        rotation.rotate(tree / "config", tree / "data", tree / "backups")
+    assert checksums(tree / "config") == config_before
     assert checksums(tree / "data") == data_before
 
 
-def _done_or_swapped(proc: subprocess.Popen[bytes], inodes: dict[Path, int], n: int) -> bool:
-    """*proc* has ended, or at least *n* of the files were replaced (new inodes)."""
-    swapped = sum(p.stat().st_ino != ino for p, ino in inodes.items())
-    return proc.poll() is not None or swapped >= n
-
-
-def _big_tree(tree: Path) -> None:
-    """More, larger databases, so a rotation lasts long enough to be interrupted."""
-    subprocess.run([sys.executable, "-m", "tests.writers", "bulk", str(tree)], cwd=REPO, check=True)
-
-
-def test_rotate_key_survives_being_killed_at_any_point(
-    tree: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """SIGKILL at spread-out moments: every file opens with the old or the new key,
-    and running rotate-key again finishes with all data intact."""
-    _big_tree(tree)
+def test_rotation_rewraps_backups_it_can_and_names_the_others(tree: Path) -> None:
+    """A backup under backups/ follows the key through two rotations and restores with the
+    current key; one made under another key is left alone and named."""
+    kept = backup.backup(tree / "config", tree / "data", tree / "backups")
+    foreign = tree / "backups" / "foreign"
+    shutil.copytree(kept, foreign)
+    manifest = json.loads((foreign / backup.MANIFEST).read_text())
+    for node in manifest["nodes"].values():
+        node["key_fingerprint"] = "0123456789ab"
+    (foreign / backup.MANIFEST).write_text(json.dumps(manifest))
     expected = _contents(tree)
-    admin = [sys.executable, "-m", "persistent_agent.ops.admin"]
 
-    def fresh() -> Path:
-        copy = tmp_path_factory.mktemp("rot") / "t"
-        shutil.copytree(tree, copy)
-        return copy
+    for _ in range(2):
+        result = rotation.rotate(tree / "config", tree / "data", tree / "backups")
+        assert result.backups_rewrapped == [kept]
+        assert [d for d, _ in result.backups_skipped] == [foreign]
+    assert "another master key" in result.backups_skipped[0][1]
 
-    def rotate_cmd(root: Path) -> list[str]:
-        return [
-            *admin,
+    shutil.rmtree(tree / "data")
+    backup.restore(kept, tree / "config", tree / "data", tree / "backups")
+    assert _contents(tree) == expected
+
+
+def _kill_at(step: int, root: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """rotate-key in a process that kills itself just before its *step*-th rename."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.ops.kill_at",
+            str(step),
             "--config-dir",
             str(root / "config"),
             "--data-dir",
             str(root / "data"),
+            "--backups-dir",
+            str(root / "backups"),
             "rotate-key",
-        ]
-
-    timing = fresh()
-    started = time.monotonic()
-    subprocess.run(rotate_cmd(timing), check=True, capture_output=True)
-    full = time.monotonic() - started
-
-    trials, interrupted, mixed = 16, 0, 0
-    for k in range(trials):
-        root = fresh()
-        inodes = {p: p.stat().st_ino for p in all_databases(root / "data")}
-        # Kill after the k-th of `trials` fractions of the files was swapped
-        # in (a rename gives the file a new inode): spread over the whole
-        # rotation by what it did, not by the clock, so load cannot skew it.
-        target = len(inodes) * k // trials
-
-        proc = subprocess.Popen(rotate_cmd(root), stdout=subprocess.DEVNULL)
-        wait_until(
-            partial(_done_or_swapped, proc, inodes, target), f"rotate-key to swap {target} files"
-        )
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        files = all_databases(root / "data")
-        states = set()
-        for role in NODE_ROLES:
-            env = root / "config" / f".env.{role}"
-            current = config_files.read_key(env)
-            pending = config_files.read_var(env, NEXT_VAR)
-            interrupted += pending is not None
-            for path in (p for p in files if p.parent.name == role):
-                if _opens_with(path, current):
-                    states.add("old")
-                elif _opens_with(path, pending):
-                    states.add("new")
-                else:
-                    pytest.fail(f"trial {k}: {path} opens with neither key")
-        mixed += states == {"old", "new"}
-        subprocess.run(rotate_cmd(root), check=True, capture_output=True)
-        final = config_files.read_key(root / "config" / ".env.agent")
-        assert all(_opens_with(p, final) for p in all_databases(root / "data"))
-        assert _contents(root) == expected, f"trial {k}: contents differ"
-    print(
-        f"\nrotate-key interruption: {trials} kills over a {full:.2f}s rotation of "
-        f"{len(all_databases(tree / 'data'))} databases; {interrupted} node configs caught "
-        f"mid-rotation, {mixed} trials with old- and new-key files side by side; "
-        "all readable, all finished by re-running, 0 entries lost"
+            *options,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    assert interrupted > 0
+
+
+@pytest.mark.parametrize("options", [(), ("--reencrypt",)], ids=["rewrap", "reencrypt"])
+def test_rotate_key_killed_at_every_step_finishes_on_a_rerun(
+    tree: Path, tmp_path_factory: pytest.TempPathFactory, options: tuple[str, ...]
+) -> None:
+    """SIGKILL just before each rename rotate-key makes (key files, keyrings, manifest,
+    database swaps): every node still opens with the configured key or the pending one, and
+    a rerun finishes with all data intact; the backup follows a re-wrap and restores, and
+    after a re-encryption asks for the key that made it."""
+    backup.backup(tree / "config", tree / "data", tree / "backups")
+    expected = _contents(tree)
+    step, finished = 1, False
+    while not finished:
+        root = tmp_path_factory.mktemp("kill") / "t"
+        shutil.copytree(tree, root)
+        run = _kill_at(step, root, *options)
+        finished = run.returncode == 0
+        assert finished or run.returncode == -9, run.stderr
+        keys = [_master(root)]
+        pending = config_files.pending_key_file(root / "config")
+        if pending.exists():
+            keys.append(parse_master_key(pending.read_text()))
+        for path in all_databases(root / "data"):
+            assert _opens_with_either(path, keys), f"step {step}: {path}"
+        rerun = _kill_at(0, root, *options)
+        assert rerun.returncode == 0, rerun.stderr
+        assert _contents(root) == expected, f"step {step}: contents differ"
+        taken = next((root / "backups").glob("2*"))
+        if options:  # re-encrypted: the backup holds the old data keys, under the old key
+            with pytest.raises(BackupError, match="needs the master key with fingerprint"):
+                backup.restore(taken, root / "config", root / "restored", root / "backups")
+        else:
+            backup.restore(taken, root / "config", root / "restored", root / "backups")
+        step += 1
+    assert step > 4  # it was interrupted at several steps before it got through
+
+
+def _opens_with_either(path: Path, masters: list[MasterKey]) -> bool:
+    """*path* opens with a data key its keyring holds (current or pending) under one of
+    *masters*, or (no keyring entry) with a key derived from one of them."""
+    keyring = Keyring.load(path.parent / KEYRING_FILE)
+    namespace = path.name.removesuffix("_encrypted_value.db")
+    candidates: list[bytes | None] = []
+    for master in masters:
+        wrapper = LocalWrapper(master)
+        if keyring is None or namespace not in keyring.keys:
+            candidates.append(derived_key(master, namespace))
+        elif keyring.wrapped_by == wrapper.fingerprint:
+            candidates.append(keyring.unwrap(wrapper, namespace, where=path))
+        if keyring is not None:
+            candidates.append(keyring.unwrap_pending(wrapper, namespace, where=path))
+    return any(key is not None and _opens(path, key) for key in candidates)

@@ -40,6 +40,8 @@ from persistent_agent.keys.master_key import MasterKey, parse_master_key
 from persistent_agent.storage import database, layout
 from persistent_agent.storage.provider import SQLCipherStorageProvider
 
+from ..data_keys import data_key
+
 CRASH_ROWS = 40
 _UPSERT = "INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)"
 
@@ -58,7 +60,7 @@ def _master_key() -> MasterKey:
 
 
 def _open(path: Path) -> database.Connection:
-    return database.open_database(path, _master_key().database_key(layout.namespace_of(path)))
+    return database.open_database(path, data_key(path, _master_key()))
 
 
 def crash(path: Path) -> None:
@@ -144,7 +146,7 @@ def read_only(directory: Path) -> None:
     _mount("-o", "remount,bind,ro", str(directory))
     master = _master_key()
     db = directory / layout.file_name("agent_state")
-    key = master.database_key("agent_state")
+    key = data_key(db, master)
     fresh = directory / layout.file_name("fresh")
     _outcome("provider", directory, lambda: SQLCipherStorageProvider(directory, master))
     _outcome("open", directory, lambda: database.open_database(db, key))

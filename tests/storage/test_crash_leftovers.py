@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
-from persistent_agent.errors import WrongKeyError
+from persistent_agent.errors import KeyringError, WrongKeyError
+from persistent_agent.keys.keyring import new_data_key
 from persistent_agent.keys.master_key import MasterKey, generate_master_key, parse_master_key
 from persistent_agent.storage import database, layout
 from persistent_agent.storage.provider import SQLCipherStorageProvider
 
 from ..conftest import checksums, running
+from ..data_keys import data_key
 from . import child
 
 NAMESPACE = "agent_state"
@@ -35,15 +37,16 @@ def crashed(db_dir: Path, master_key_hex: str, monkeypatch: pytest.MonkeyPatch) 
 
 
 def _other_key() -> bytes:
-    return parse_master_key(generate_master_key()).database_key(NAMESPACE)
+    return new_data_key()
 
 
 def test_wrong_key_at_provider_startup_after_a_crash_changes_no_file(
     crashed: Path, db_dir: Path
 ) -> None:
-    """A node started with another key after a crash refuses, and every file stays as it was."""
+    """A node started with another key after a crash refuses, and every file stays as it was.
+    (The file was written with its derived key, as before keyrings: the error names it.)"""
     before = checksums(db_dir)
-    with pytest.raises(WrongKeyError, match=str(crashed)):
+    with pytest.raises(KeyringError, match=rf"cannot decrypt {crashed}: .* no keyring"):
         SQLCipherStorageProvider(db_dir, parse_master_key(generate_master_key()))
     assert checksums(db_dir) == before
 
@@ -68,7 +71,7 @@ def test_read_only_open_after_a_crash_sees_the_wal_and_changes_no_file(
 ) -> None:
     """A read-only open sees rows that exist only in the WAL, and changes no byte of any file."""
     before = checksums(db_dir)
-    assert database.checked_rows(crashed, master_key.database_key(NAMESPACE)) == child.CRASH_ROWS
+    assert database.checked_rows(crashed, data_key(crashed, master_key)) == child.CRASH_ROWS
     assert checksums(db_dir) == before
 
 
@@ -79,7 +82,7 @@ def test_read_only_open_of_a_wal_without_its_shm_reads_a_private_copy(
     crashed.with_name(crashed.name + "-shm").unlink()
     before = checksums(db_dir)
     copies = set(Path(tempfile.gettempdir()).glob("persistent-agent-*"))
-    with database.opened(crashed, master_key.database_key(NAMESPACE), read_only=True) as conn:
+    with database.opened(crashed, data_key(crashed, master_key), read_only=True) as conn:
         assert database.row_count(conn) == child.CRASH_ROWS
     assert checksums(db_dir) == before
     assert set(Path(tempfile.gettempdir()).glob("persistent-agent-*")) == copies
@@ -92,7 +95,7 @@ def test_right_key_after_a_crash_recovers_every_committed_row(
     provider = SQLCipherStorageProvider(db_dir, master_key)
     provider.close()
     assert not any(p.exists() for p in layout.sidecars(crashed))
-    assert database.checked_rows(crashed, master_key.database_key(NAMESPACE)) == child.CRASH_ROWS
+    assert database.checked_rows(crashed, data_key(crashed, master_key)) == child.CRASH_ROWS
 
 
 def test_read_only_open_of_a_clean_file_creates_no_sidecar(
@@ -100,7 +103,7 @@ def test_read_only_open_of_a_clean_file_creates_no_sidecar(
 ) -> None:
     """A read-only open of a cleanly closed database creates no -wal or -shm, even for a moment."""
     path = db_dir / layout.file_name(NAMESPACE)
-    key = master_key.database_key(NAMESPACE)
+    key = data_key(path, master_key)
     db_dir.mkdir()
     with database.opened(path, key) as conn:
         conn.execute("INSERT INTO kv (key, value) VALUES ('k', '{}')")

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from persistent_agent.errors import DatabaseDamagedError, StorageDirectoryError, WrongKeyError
-from persistent_agent.keys.master_key import MasterKey, generate_master_key, parse_master_key
+from persistent_agent.keys.keyring import new_data_key
+from persistent_agent.keys.master_key import MasterKey
 from persistent_agent.storage import database, layout
 from persistent_agent.storage.provider import SQLCipherStorageProvider
 
@@ -19,7 +20,7 @@ from ..conftest import checksums, plaintext_hits
 
 
 def _key() -> bytes:
-    return parse_master_key(generate_master_key()).database_key("ns")
+    return new_data_key()
 
 
 def test_file_name_follows_the_seed_listing() -> None:

@@ -25,6 +25,7 @@ from persistent_agent.storage import database, layout
 from persistent_agent.storage.provider import SQLCipherStorageProvider
 
 from ..conftest import REPO, checksums, running
+from ..data_keys import data_key
 from . import child
 
 
@@ -68,7 +69,8 @@ def test_full_disk_is_one_clear_error_and_leaves_no_empty_database(
     )
     assert create["error"] == "StorageFullError", create
     fresh = layout.file_name("fresh")
-    assert create["message"].startswith(f"cannot write {directory / fresh}: ")
+    # A new database's key goes into the keyring first: that is the write that fails.
+    assert create["message"].startswith(f"cannot write {directory / layout.KEYRING_FILE}: ")
     assert fresh not in create["files"]
     assert not any(name.startswith(fresh) for name in create["files"])
 
@@ -80,7 +82,7 @@ def test_read_only_mount_is_one_clear_error_and_reading_still_works(
     directory = tmp_path / "db"
     directory.mkdir()
     db = directory / layout.file_name("agent_state")
-    with database.opened(db, master_key.database_key("agent_state")) as conn:
+    with database.opened(db, data_key(db, master_key)) as conn:
         for i in range(3):
             conn.execute("INSERT INTO kv (key, value) VALUES (?, '{}')", (f"k{i}",))
     before = checksums(directory)
@@ -122,7 +124,7 @@ def test_open_kept_out_by_another_process_is_busy_and_reading_changes_nothing(
     """Opening a file another process holds exclusively is DatabaseBusyError; read-only tools
     still read its committed rows, touching nothing."""
     path = tmp_path / layout.file_name("agent_state")
-    key = master_key.database_key("agent_state")
+    key = data_key(path, master_key)
     with database.opened(path, key) as conn:
         conn.execute("INSERT INTO kv (key, value) VALUES ('committed', '{}')")
     monkeypatch.setenv("FAME_STORAGE_MASTER_KEY", master_key_hex)

@@ -10,7 +10,7 @@ from naylence.fame.factory import create_resource
 from naylence.fame.storage.storage_provider_factory import StorageProviderFactory
 from pydantic import BaseModel, ValidationError
 
-from persistent_agent.errors import MasterKeyError, WrongKeyError
+from persistent_agent.errors import KeyringError, MasterKeyError
 from persistent_agent.keys.master_key import MasterKey, generate_master_key, parse_master_key
 from persistent_agent.storage.provider import SQLCipherStorageProvider
 
@@ -103,12 +103,13 @@ async def test_each_namespace_gets_its_own_file(db_dir: Path, master_key: Master
 async def test_wrong_master_key_refuses_at_startup_and_changes_nothing(
     db_dir: Path, master_key: MasterKey
 ) -> None:
-    """A provider with another key fails on construction; files stay byte-identical."""
+    """A provider with another key fails on construction, at the keyring, naming it; files
+    stay byte-identical."""
     provider = _provider(db_dir, master_key)
     await (await provider.get_kv_store(Record, "agent_state")).set("k", Record(name="v"))
     provider.close()
     before = checksums(db_dir)
-    with pytest.raises(WrongKeyError, match=r"agent_state_encrypted_value\.db"):
+    with pytest.raises(KeyringError, match=r"keyring\.json was made under master key"):
         _provider(db_dir, parse_master_key(generate_master_key()))
     assert checksums(db_dir) == before
     again = await _provider(db_dir, master_key).get_kv_store(Record, "agent_state")

@@ -1,28 +1,32 @@
-"""The master key: how it is written, checked, and turned into per-database keys.
+"""The master key: how it is written, read and checked.
 
-The master key is 256 random bits written as 64 hex characters. Each database
-gets its own raw SQLCipher key, derived with HKDF-SHA256 (RFC 5869) from the
-master key with the namespace as ``info``. Handing SQLCipher a raw key skips
-its per-open PBKDF2 (about 0.1 s here), and a key that leaks from one database
-says nothing about the others or about the master key.
+The master key is 256 random bits written as 64 hex characters, kept in a
+key file (``FAME_STORAGE_MASTER_KEY_FILE``, owner-only) or, as the original
+example does, in ``FAME_STORAGE_MASTER_KEY``. :func:`load_master_key` is the
+one way nodes and tools read it. It wraps each database's data key
+(keys/keyring.py); no database is encrypted with it directly.
+
+Standard library only: ``make init`` runs this on a bare host Python.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
+import os
 import re
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
-from persistent_agent.errors import MasterKeyError
+from persistent_agent.errors import KeyFileExposedError, MasterKeyError
 
 KEY_BYTES = 32
 ENV_VAR = "FAME_STORAGE_MASTER_KEY"
-NEXT_ENV_VAR = ENV_VAR + "_NEXT"  # the key an unfinished rotate-key is moving to
+FILE_ENV_VAR = ENV_VAR + "_FILE"
+# Set by rotate-key before version 0.2 while it ran; a config that still has it
+# was interrupted there.
+NEXT_ENV_VAR = ENV_VAR + "_NEXT"
 
-# Versioned so that a future change of derivation can coexist with old files.
-_HKDF_SALT = b"persistent-agent/sqlcipher/v1"
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -35,43 +39,82 @@ class MasterKey:
     def __repr__(self) -> str:
         return "MasterKey(<redacted>)"
 
-    def database_key(self, namespace: str) -> bytes:
-        """The raw 256-bit SQLCipher key for the database of *namespace*."""
-        return hkdf_sha256(self.material, salt=_HKDF_SALT, info=namespace.encode("utf-8"))
-
     def fingerprint(self) -> str:
-        """A short, non-reversible tag to tell keys apart in messages."""
+        """A short, non-reversible tag to tell keys apart in messages and manifests."""
         return hashlib.sha256(b"fingerprint:" + self.material).hexdigest()[:12]
 
 
-def parse_master_key(text: str | None) -> MasterKey:
-    """Validate *text* as a master key; the error message never echoes it."""
+def parse_master_key(text: str | None, *, source: str = ENV_VAR) -> MasterKey:
+    """Validate *text* as a master key; the error names *source*, never the key."""
     if text is None or not text.strip():
         raise MasterKeyError(
-            f"{ENV_VAR} is not set; run `make init` to generate config/.env.* with a key"
+            f"{source} is not set; run `make init` to generate a key and config/.env.*"
         )
     candidate = text.strip()
     if not _HEX_KEY.fullmatch(candidate):
         raise MasterKeyError(
-            f"{ENV_VAR} must be 64 hex characters (a 256-bit key), got {len(candidate)} "
+            f"{source} must be 64 hex characters (a 256-bit key), got {len(candidate)} "
             "characters; run `make init` to generate one"
         )
     return MasterKey(bytes.fromhex(candidate))
 
 
+def read_key_file(path: Path) -> MasterKey:
+    """The key in file *path*: one line of 64 hex characters, readable by its owner only."""
+    source = f"{FILE_ENV_VAR}={path}"
+    try:
+        KeyFileExposedError.check(path)
+        text = path.read_text()
+    except FileNotFoundError:
+        raise MasterKeyError(f"{source}: no such file; run `make init`") from None
+    except OSError as exc:
+        raise MasterKeyError(f"{source}: cannot read it ({exc.strerror})") from None
+    if text.count("\n") > 1 or (text.count("\n") == 1 and not text.endswith("\n")):
+        raise MasterKeyError(f"{source} must hold one line, the key, and nothing else")
+    return parse_master_key(text, source=f"the key in {path}")
+
+
+def load_master_key(inline: str | None, file: str | None, *, base: Path | None = None) -> MasterKey:
+    """The master key from ``FAME_STORAGE_MASTER_KEY`` or ``…_FILE`` (exactly one of them).
+
+    A relative *file* is taken from *base* (the directory of the env file that
+    names it) when given. Whatever is refused says why, never the key.
+    """
+    if inline and file:
+        raise MasterKeyError(f"both {ENV_VAR} and {FILE_ENV_VAR} are set; set only one of them")
+    if file:
+        path = Path(file)
+        return read_key_file(path if path.is_absolute() or base is None else base / path)
+    return parse_master_key(inline)
+
+
 def generate_master_key() -> str:
-    """A fresh master key, as the 64 hex characters written to config files."""
+    """A fresh master key, as the 64 hex characters written to key files."""
     return secrets.token_hex(KEY_BYTES)
 
 
-def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
-    """HKDF-SHA256 extract-then-expand, as RFC 5869 defines it."""
-    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
-    out = b""
-    block = b""
-    counter = 1
-    while len(out) < length:
-        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
-        out += block
-        counter += 1
-    return out[:length]
+def write_key_file(path: Path, key: str) -> None:
+    """Write *key* to *path* atomically, owner-only (0600), synced to disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    sync_directory(path.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync *directory*, so that a rename in it survives a power loss."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

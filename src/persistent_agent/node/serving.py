@@ -27,6 +27,7 @@ from persistent_agent.errors import (
     report,
 )
 from persistent_agent.keys import master_key
+from persistent_agent.keys.custody import PATH_SETTINGS
 from persistent_agent.node import logs
 
 ENV_FILE_VAR = "PERSISTENT_AGENT_ENV_FILE"
@@ -39,15 +40,23 @@ def load_env() -> None:
     """Load the env file named by PERSISTENT_AGENT_ENV_FILE, if any.
 
     Variables already set in the environment win, so a Makefile or a test can
-    point a generated config at another port or directory.
+    point a generated config at another port or directory. A relative path
+    named there (the key file, a key service's token or CA file) is taken from
+    the env file's directory, as the admin tools take it.
     """
     env_file = os.environ.get(ENV_FILE_VAR)
     if env_file:
-        if not Path(env_file).is_file():
+        path = Path(env_file)
+        if not path.is_file():
             raise ConfigError(f"{ENV_FILE_VAR}={env_file}: no such file; run `make init`")
-        if dotenv_values(env_file, interpolate=False).get(master_key.ENV_VAR):
-            KeyFileExposedError.check(Path(env_file))
-        load_dotenv(env_file, override=False)
+        values = dotenv_values(path, interpolate=False)
+        if values.get(master_key.ENV_VAR):
+            KeyFileExposedError.check(path)
+        for name in PATH_SETTINGS:
+            value = values.get(name)
+            if value and name not in os.environ:
+                os.environ[name] = str(path.parent / value)
+        load_dotenv(path, override=False)
 
 
 def check_storage() -> None:
@@ -66,7 +75,8 @@ def check_storage() -> None:
                 "use encrypted-sqlite, sqlite or memory"
             )
     if profile == factory.PROFILE_NAME:
-        from persistent_agent.keys.master_key import ENV_VAR, NEXT_ENV_VAR, parse_master_key
+        from persistent_agent.keys.custody import key_source
+        from persistent_agent.keys.master_key import NEXT_ENV_VAR
         from persistent_agent.storage.database import ensure_directory
 
         if os.environ.get(NEXT_ENV_VAR):
@@ -74,7 +84,7 @@ def check_storage() -> None:
                 f"a key rotation was interrupted ({NEXT_ENV_VAR} is set); "
                 "run `make rotate-key` again to finish it"
             )
-        parse_master_key(os.environ.get(ENV_VAR))
+        key_source(os.environ)
         ensure_directory(Path(os.environ.get("FAME_STORAGE_DB_DIRECTORY", "./data/sqlite")))
 
 

@@ -175,17 +175,30 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("rotate-key", "persistent-agent-admin rotate-key", needs_config=True)
+@command("rotate-key", "persistent-agent-admin rotate-key [--reencrypt]", needs_config=True)
 def _rotate_key(args: argparse.Namespace) -> int:
-    """Re-key every database to a new master key (services stopped; safe to re-run)."""
-    result = rotation.rotate(args.config_dir, args.data_dir)
-    resumed = " (finished an interrupted rotation)" if result.resumed else ""
-    print(
-        f"rotate-key: {len(result.rekeyed)} databases re-keyed, "
-        f"{len(result.already_done)} already under the new key{resumed}; "
-        "config/.env.* updated. Backups taken before keep needing the old key: "
-        "take a new one (make backup)."
+    """Move both nodes to a new master key by re-wrapping their keyrings (services stopped;
+    safe to re-run). --reencrypt also replaces the data keys and rewrites every file."""
+    result = rotation.rotate(
+        args.config_dir, args.data_dir, args.backups_dir, reencrypt=args.reencrypt
     )
+    resumed = " (finished an interrupted rotation)" if result.resumed else ""
+    key = "the key service's key rotated" if result.key_service else "new master key in place"
+    print(
+        f"rotate-key: {key}; {len(result.rewrapped)} keyrings re-wrapped, "
+        f"{len(result.rekeyed)} databases re-encrypted, "
+        f"{len(result.already_done)} already done{resumed}"
+    )
+    if result.backups_rewrapped:
+        count = len(result.backups_rewrapped)
+        print(f"rotate-key: re-wrapped {count} backups under {args.backups_dir}")
+    for directory, why in result.backups_skipped:
+        print(f"rotate-key: skipped {directory}: {why}; it still needs the key that made it")
+    if args.reencrypt:
+        print(
+            "rotate-key: every data key was replaced; backups taken before hold the old "
+            "data keys and open with the old key: discard them, and take a new one (make backup)"
+        )
     return 0
 
 
@@ -231,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "--force",
                 action="store_true",
                 help="replace existing data (it is moved under backups/, not deleted)",
+            )
+        if name == "rotate-key":
+            p.add_argument(
+                "--reencrypt",
+                action="store_true",
+                help="also replace every data key and re-encrypt every file (after a leak)",
             )
         if name == "local-run":
             p.add_argument("--verbose", action="store_true", help="show envelopes")

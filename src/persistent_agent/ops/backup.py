@@ -2,9 +2,13 @@
 
 A backup is taken through SQLCipher while the services run: each database is
 exported inside one read transaction (a consistent snapshot; live files are
-never copied) into a new file encrypted with the same per-database key. A
-``manifest.json`` records namespaces, row counts, checksums and a fingerprint
-of the master key that opens them. A restore verifies all of that first.
+never copied) into a new file encrypted with the same data key, and each node's
+keyring goes with it. A ``manifest.json`` records namespaces, row counts,
+checksums and the fingerprint of the master key that wraps the keyring; it
+is what restore asks for. rotate-key re-wraps the keyrings of the backups
+under backups/, so those restore with the current key. A restore verifies all
+of that first. Backups made before keyrings (format 1) restore with the key
+that made them.
 """
 
 from __future__ import annotations
@@ -19,14 +23,25 @@ from pathlib import Path
 from typing import Any
 
 from persistent_agent import __version__
-from persistent_agent.errors import BackupError, DatabaseDamagedError
-from persistent_agent.ops.config_files import node_key, write_private
+from persistent_agent.errors import BackupError, DatabaseDamagedError, KeyringError
+from persistent_agent.keys.custody import KeySource
+from persistent_agent.keys.keyring import Keyring, derived_key
+from persistent_agent.ops.config_files import write_private
 from persistent_agent.ops.inspection import NodeDatabase, node_databases
+from persistent_agent.ops.node_keys import source_of
 from persistent_agent.storage import database, lock
-from persistent_agent.storage.layout import all_databases, node_data_dirs, sidecars
+from persistent_agent.storage.data_keys import NodeKeys
+from persistent_agent.storage.layout import (
+    KEYRING_FILE,
+    all_databases,
+    namespace_of,
+    node_data_dirs,
+    sidecars,
+)
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: with each node's keyring; 1: keys derived from the master key
+FORMATS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,20 @@ def _write_backup(sources: list[NodeDatabase], dest: Path) -> None:
         "persistent_agent": __version__,
         "nodes": {},
     }
+    # Each node's keyring as it is, plus the keys of older databases it has
+    # not adopted yet (the live keyring is not written).
+    for role in sorted({db.role for db in sources}):
+        keys = next(db.keys for db in sources if db.role == role)
+        keyring = keys.keyring or keys.empty_keyring()
+        for path in keys.missing():
+            keyring = keyring.with_key(keys.source.wrapper, namespace_of(path), keys.key_for(path))
+        target = _private_dir(dest / role) / KEYRING_FILE
+        keyring.save(target)
+        manifest["nodes"][role] = {
+            "key_fingerprint": keys.fingerprint,
+            "keyring_sha256": _sha256(target),
+            "databases": [],
+        }
     for db in sources:
         target = _private_dir(dest / db.role) / db.path.name
         try:
@@ -89,10 +118,7 @@ def _write_backup(sources: list[NodeDatabase], dest: Path) -> None:
                 raise DatabaseDamagedError(db.path, str(exc)) from None
             raise mapped from None
         database.confirm(target, db.key, rows)
-        node = manifest["nodes"].setdefault(
-            db.role, {"key_fingerprint": db.master_key.fingerprint(), "databases": []}
-        )
-        node["databases"].append(
+        manifest["nodes"][db.role]["databases"].append(
             {
                 "file": db.path.name,
                 "namespace": db.namespace,
@@ -119,25 +145,78 @@ def _verify_backup(backup_dir: Path, config_dir: Path) -> list[NodeDatabase]:
         manifest = json.loads((backup_dir / MANIFEST).read_text())
     except (OSError, ValueError) as exc:
         raise BackupError(f"{backup_dir} has no readable {MANIFEST} ({exc})") from None
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in FORMATS:
         raise BackupError(f"{backup_dir}: unknown backup format {manifest.get('format')!r}")
     checked = []
     for role, node in manifest["nodes"].items():
-        key = node_key(config_dir, role)
-        if key.fingerprint() != node["key_fingerprint"]:
+        source = source_of(config_dir, role)
+        if source.wrapper.fingerprint != node["key_fingerprint"]:
             raise BackupError(
-                f"{backup_dir} was taken under another master key for {role} "
-                f"(fingerprint {node['key_fingerprint']}, configured {key.fingerprint()}); "
-                "put that key in config/.env.* to restore it"
+                f"{backup_dir} needs the master key with fingerprint {node['key_fingerprint']} "
+                f"for {role} (the key that was current when it was made, or at the last "
+                f"rotate-key that re-wrapped it); the configured key is "
+                f"{source.wrapper.fingerprint}. Configure that key to restore it"
             )
+        keyring_path = backup_dir / role / KEYRING_FILE
+        if "keyring_sha256" in node and _sha256_or_none(keyring_path) != node["keyring_sha256"]:
+            raise BackupError(f"{keyring_path} is missing or does not match its checksum")
+        try:
+            keys = NodeKeys(backup_dir / role, source)
+        except KeyringError as error:
+            raise BackupError(f"{backup_dir}: {error}") from None
         for entry in node["databases"]:
             path = backup_dir / role / entry["file"]
             if not path.is_file() or _sha256(path) != entry["sha256"]:
                 raise BackupError(f"{path} is missing or does not match its checksum")
-            db = NodeDatabase(role, path, key)
+            db = NodeDatabase(role, path, keys)
             database.confirm(path, db.key, int(entry["rows"]))
             checked.append(db)
     return checked
+
+
+def rewrap(backup_dir: Path, old: KeySource, new: KeySource) -> bool:
+    """Re-wrap a backup's keyrings from *old* to *new* (rotate-key); False if *old* did not
+    make it. A backup from before keyrings gets one, built from its derived keys.
+
+    Each keyring is replaced atomically, then the manifest; a rerun after a
+    kill in between finds the keyring already under *new* and finishes.
+    """
+    path = backup_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        nodes = manifest["nodes"]
+        fingerprints = {node["key_fingerprint"] for node in nodes.values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise BackupError(f"{path} is unreadable or malformed") from None
+    moved = new is not old
+    if moved and fingerprints == {new.wrapper.fingerprint}:
+        return True
+    if fingerprints - {old.wrapper.fingerprint, new.wrapper.fingerprint}:
+        return False
+    for role, node in nodes.items():
+        keyring_path = backup_dir / role / KEYRING_FILE
+        keyring = Keyring.load(keyring_path)
+        if keyring is None:
+            if old.master is None:
+                return False  # no keyring, and no key to derive the old keys from
+            keyring = Keyring(node=role, wrapped_by=new.wrapper.fingerprint)
+            for entry in node["databases"]:
+                namespace = namespace_of(Path(entry["file"]))
+                keyring = keyring.with_key(
+                    new.wrapper, namespace, derived_key(old.master, namespace)
+                )
+            keyring.save(keyring_path)
+        elif not moved or keyring.wrapped_by != new.wrapper.fingerprint:
+            keyring.rewrapped(old.wrapper, new.wrapper, where=keyring_path).save(keyring_path)
+        node["key_fingerprint"] = new.wrapper.fingerprint
+        node["keyring_sha256"] = _sha256(keyring_path)
+    manifest["format"] = FORMAT
+    write_private(path, json.dumps(manifest, indent=2) + "\n")
+    return True
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    return _sha256(path) if path.is_file() else None
 
 
 def restore(
@@ -155,27 +234,36 @@ def _restore(
     files: list[NodeDatabase], data_dir: Path, backups_dir: Path, force: bool
 ) -> RestoreResult:
     existing = all_databases(data_dir)
+    if existing and not force:
+        raise BackupError(
+            f"{data_dir} already holds {len(existing)} databases; "
+            "restore --force replaces them (they are kept under backups/)"
+        )
+    # Keyrings go aside with the databases (or alone, when those were lost).
+    existing += [k for d in node_data_dirs(data_dir) if (k := d / KEYRING_FILE).exists()]
     set_aside = None
     if existing:
-        if not force:
-            raise BackupError(
-                f"{data_dir} already holds {len(existing)} databases; "
-                "restore --force replaces them (they are kept under backups/)"
-            )
         set_aside = _private_dir(backups_dir) / f"replaced-{_stamp()}"
         for path in existing:
             role_dir = _private_dir(set_aside / path.parent.name)
             for f in (path, *sidecars(path)):
                 if f.exists():
                     shutil.move(f, role_dir / f.name)
+    # The keyrings first: a database in place is then always openable.
+    keyrings = {db.keys.path for db in files if db.keys.path.is_file()}
+    for path in sorted(keyrings):
+        _copy_into(path, _private_dir(data_dir / path.parent.name) / KEYRING_FILE)
     for db in files:
-        target = _private_dir(data_dir / db.role) / db.path.name
-        tmp = target.with_name(target.name + ".restore")
-        # Whatever is at the temporary path (a leftover, or a planted link) is
-        # removed, not followed; the copy is created exclusively, owner-only.
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out, open(db.path, "rb") as source:
-            shutil.copyfileobj(source, out)
-        database.replace_durably(tmp, target)
+        _copy_into(db.path, _private_dir(data_dir / db.role) / db.path.name)
     return RestoreResult(len(files), set_aside)
+
+
+def _copy_into(source: Path, target: Path) -> None:
+    tmp = target.with_name(target.name + ".restore")
+    # Whatever is at the temporary path (a leftover, or a planted link) is
+    # removed, not followed; the copy is created exclusively, owner-only.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out, open(source, "rb") as handle:
+        shutil.copyfileobj(handle, out)
+    database.replace_durably(tmp, target)

@@ -9,14 +9,15 @@ ever written to disk; `inspect` prints to stdout only.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from persistent_agent.errors import PersistentAgentError
-from persistent_agent.keys.master_key import MasterKey
-from persistent_agent.ops.config_files import node_key
+from persistent_agent.errors import KeyringError, PersistentAgentError, WrongKeyError
+from persistent_agent.ops.node_keys import keys_of
 from persistent_agent.storage import database
+from persistent_agent.storage.data_keys import NodeKeys, wrong_key
 from persistent_agent.storage.layout import (
     NODE_ROLES,
     database_files,
@@ -30,7 +31,7 @@ from persistent_agent.storage.layout import (
 class NodeDatabase:
     role: str
     path: Path
-    master_key: MasterKey
+    keys: NodeKeys  # the node's keyring (or the derived keys of older data)
 
     @property
     def namespace(self) -> str:
@@ -38,7 +39,7 @@ class NodeDatabase:
 
     @property
     def key(self) -> bytes:
-        return self.master_key.database_key(self.namespace)
+        return self.keys.key_for(self.path)
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,24 @@ class Report:
 
 
 def node_databases(config_dir: Path, data_dir: Path) -> list[NodeDatabase]:
-    """Every database of both nodes, with the key its node's config holds."""
+    """Every database of both nodes, with the keys its node's config and keyring give."""
     found = []
     for role in NODE_ROLES:
         paths = database_files(data_dir / role)
         if paths:
-            key = node_key(config_dir, role)
-            found += [NodeDatabase(role, path, key) for path in paths]
+            keys = keys_of(config_dir, data_dir, role)
+            found += [NodeDatabase(role, path, keys) for path in paths]
     return found
+
+
+@contextlib.contextmanager
+def _opened(db: NodeDatabase) -> Iterator[database.Connection]:
+    """*db* opened read-only; a key that does not fit says what is missing."""
+    try:
+        with database.opened(db.path, db.key, read_only=True) as conn:
+            yield conn
+    except WrongKeyError:
+        raise wrong_key(db.path, db.keys) from None
 
 
 def check(db: NodeDatabase) -> Report:
@@ -71,7 +82,7 @@ def check(db: NodeDatabase) -> Report:
     try:
         with (
             database.storage_errors(db.path),
-            database.opened(db.path, db.key, read_only=True) as conn,
+            _opened(db) as conn,
         ):
             problems = database.integrity_problems(conn)
             if problems:
@@ -91,7 +102,15 @@ def verify(config_dir: Path, data_dir: Path) -> list[Report]:
     another storage profile, a leftover of an interrupted operation, or
     something put there by hand. verify touches none of them.
     """
-    reports = [check(db) for db in node_databases(config_dir, data_dir)]
+    reports = []
+    for role in NODE_ROLES:
+        paths = database_files(data_dir / role)
+        try:
+            keys = keys_of(config_dir, data_dir, role) if paths else None
+        except KeyringError as error:  # damaged, or wrapped by another key: every file fails
+            reports += [Report(path, None, str(error)) for path in paths]
+            continue
+        reports += [check(NodeDatabase(role, path, keys)) for path in paths if keys]
     for directory in node_data_dirs(data_dir):
         reports += [
             Report(path, None, "not a file of persistent-agent (left as it is)")
@@ -105,7 +124,7 @@ def inspect(config_dir: Path, data_dir: Path) -> Iterator[str]:
     for db in node_databases(config_dir, data_dir):
         with (
             database.storage_errors(db.path),
-            database.opened(db.path, db.key, read_only=True) as conn,
+            _opened(db) as conn,
         ):
             entries = database.rows(conn)
         yield f"== {db.path}  [{db.role}, namespace {db.namespace}, {len(entries)} entries]"

@@ -16,6 +16,8 @@ SIDECAR_SUFFIXES = ("-wal", "-shm")
 NODE_ROLES = ("sentinel", "agent")
 # The one-writer lock in every node data directory (see storage/lock.py).
 LOCK_FILE = "persistent-agent.lock"
+# The node's data keys, wrapped by the master key (see storage/data_keys.py).
+KEYRING_FILE = "keyring.json"
 
 _SAFE_NAMESPACE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -51,11 +53,11 @@ def sidecars(path: Path) -> list[Path]:
 
 def is_ours(name: str) -> bool:
     """Whether a file named *name* in a node's data directory is one this project writes:
-    a database, a sidecar SQLite keeps beside one, or the one-writer lock."""
+    a database, a sidecar SQLite keeps beside one, the keyring, or the one-writer lock."""
     base = name.removesuffix("-journal")
     for suffix in SIDECAR_SUFFIXES:
         base = base.removesuffix(suffix)
-    return base.endswith(DB_SUFFIX) or name == LOCK_FILE
+    return base.endswith(DB_SUFFIX) or name in (LOCK_FILE, KEYRING_FILE)
 
 
 def foreign_files(directory: Path) -> list[Path]:

@@ -20,9 +20,11 @@ from naylence.fame.storage.storage_provider import StorageProvider
 from naylence.fame.util.logging import getLogger
 from pydantic import BaseModel
 
-from persistent_agent.errors import StorageUnavailableError
+from persistent_agent.errors import StorageUnavailableError, WrongKeyError
+from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.master_key import MasterKey
 from persistent_agent.storage import database, layout, lock
+from persistent_agent.storage.data_keys import NodeKeys, wrong_key
 
 V = TypeVar("V", bound=BaseModel)
 
@@ -130,13 +132,12 @@ class SQLCipherStorageProvider(StorageProvider):
     def __init__(
         self,
         db_directory: Path,
-        master_key: MasterKey,
+        key_source: KeySource | MasterKey,
         *,
         synchronous: database.Synchronous = "NORMAL",
         busy_timeout: float = database.BUSY_TIMEOUT,
     ) -> None:
         self._directory = Path(db_directory)
-        self._master_key = master_key
         self._synchronous: database.Synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._connections: dict[str, database.Connection] = {}
@@ -148,9 +149,17 @@ class SQLCipherStorageProvider(StorageProvider):
         # damaged page stops the node at startup, naming the file, before
         # anything is served or written, not at the first RPC that reads it;
         # open_database does both before it opens anything for writing.
+        # Databases from before keyrings open with their derived keys, and
+        # only once all of them did are those keys adopted into the keyring.
         try:
+            if isinstance(key_source, MasterKey):
+                key_source = KeySource.local(key_source)
+            self._keys = NodeKeys(self._directory, key_source)
+            self._keys.refuse_pending()
             for path in layout.database_files(self._directory):
                 self._connection(path, check=True)
+            if missing := self._keys.missing():
+                self._keys.adopt(missing)
         except BaseException:
             self.close()
             raise
@@ -161,13 +170,22 @@ class SQLCipherStorageProvider(StorageProvider):
 
     def _connection(self, path: Path, *, check: bool = False) -> database.Connection:
         if path.name not in self._connections:
-            self._connections[path.name] = database.open_database(
-                path,
-                self._master_key.database_key(layout.namespace_of(path)),
-                synchronous=self._synchronous,
-                busy_timeout=self._busy_timeout,
-                check=check,
-            )
+            # A new database gets a random data key, in the keyring before the file exists.
+            if path.exists():
+                key = self._keys.key_for(path)
+            else:
+                with database.storage_errors(self._keys.path):
+                    key = self._keys.create(layout.namespace_of(path))
+            try:
+                self._connections[path.name] = database.open_database(
+                    path,
+                    key,
+                    synchronous=self._synchronous,
+                    busy_timeout=self._busy_timeout,
+                    check=check,
+                )
+            except WrongKeyError:
+                raise wrong_key(path, self._keys) from None
         return self._connections[path.name]
 
     async def get_kv_store(self, model_cls: type[V], namespace: str) -> KeyValueStore[V]:

@@ -21,6 +21,14 @@ from naylence.fame.storage.storage_provider_factory import (
 )
 from pydantic import Field, SecretStr
 
+from persistent_agent.keys.custody import SETTINGS
+
+
+def _field(setting: str) -> str:
+    """The config field of a key setting: FAME_STORAGE_MASTER_KEY_FILE -> master_key_file."""
+    return setting.removeprefix("FAME_STORAGE_").lower()
+
+
 PROVIDER_TYPE = "SQLCipherStorageProvider"
 PROFILE_NAME = _builtin_profiles.PROFILE_NAME_ENCRYPTED_SQLITE
 PROFILE_BASE_TYPE = _builtin_profiles.STORAGE_PROVIDER_FACTORY_BASE_TYPE
@@ -30,9 +38,10 @@ ENCRYPTED_SQLITE_PROFILE: dict[str, Any] = {
     "db_directory": Expressions.env(
         _builtin_profiles.ENV_VAR_STORAGE_DB_DIRECTORY, "./data/sqlite"
     ),
-    # An empty default lets the factory say "not set" in its own words instead
-    # of failing inside expression evaluation.
-    "master_key": Expressions.env(_builtin_profiles.ENV_VAR_STORAGE_MASTER_KEY, ""),
+    # Where the key comes from (keys/custody.py). Empty defaults let the
+    # factory say "not set" in its own words instead of failing inside
+    # expression evaluation.
+    **{_field(name): Expressions.env(name, "") for name in SETTINGS},
 }
 
 
@@ -45,10 +54,15 @@ class SQLCipherStorageProviderConfig(StorageProviderConfig):
         default="./data/sqlite",
         description="Directory holding one <namespace>_encrypted_value.db per namespace",
     )
-    master_key: SecretStr = Field(
-        default=SecretStr(""),
-        description="256-bit master key as 64 hex characters; per-database keys derive from it",
-    )
+    # Where the key comes from: FAME_STORAGE_MASTER_KEY or its _FILE, or a key
+    # service (keys/custody.py); one field per setting, named by _field().
+    master_key: SecretStr = SecretStr("")
+    master_key_file: str = ""
+    key_service: str = ""
+    transit_key: str = ""
+    vault_addr: str = ""
+    vault_cacert: str = ""
+    vault_token_file: str = ""
     synchronous: Literal["NORMAL", "FULL"] = Field(
         default="NORMAL",
         description="SQLite synchronous mode in WAL: NORMAL survives process crashes, "
@@ -72,12 +86,22 @@ class SQLCipherStorageProviderFactory(StorageProviderFactory):
 
         from pathlib import Path
 
-        from persistent_agent.keys.master_key import parse_master_key
+        from persistent_agent.keys.custody import key_source
+        from persistent_agent.keys.master_key import ENV_VAR
         from persistent_agent.storage.provider import SQLCipherStorageProvider
 
         return SQLCipherStorageProvider(
             Path(settings.db_directory),
-            parse_master_key(settings.master_key.get_secret_value()),
+            key_source(
+                {
+                    name: (
+                        settings.master_key.get_secret_value()
+                        if name == ENV_VAR
+                        else str(getattr(settings, _field(name)))
+                    )
+                    for name in SETTINGS
+                }
+            ),
             synchronous=settings.synchronous,
         )
 

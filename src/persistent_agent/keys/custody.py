@@ -1,0 +1,80 @@
+"""Where a node's key comes from: the one function that nodes and tools call.
+
+Either a local master key (``FAME_STORAGE_MASTER_KEY_FILE``, or
+``FAME_STORAGE_MASTER_KEY`` as in the original example), or a key service
+that never lets the key out (``FAME_STORAGE_KEY_SERVICE=vault``: Vault or
+OpenBao transit). Both give a :class:`~persistent_agent.keys.keyring.KeyWrapper`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from persistent_agent.errors import MasterKeyError
+from persistent_agent.keys.keyring import KeyWrapper, LocalWrapper
+from persistent_agent.keys.master_key import ENV_VAR, FILE_ENV_VAR, MasterKey, load_master_key
+
+KEY_SERVICE_VAR = "FAME_STORAGE_KEY_SERVICE"
+KEY_SERVICES = ("vault",)
+
+# Every setting that says where the key is; nodes read them from their
+# environment, tools from the nodes' env files.
+SETTINGS = (
+    ENV_VAR,
+    FILE_ENV_VAR,
+    KEY_SERVICE_VAR,
+    "FAME_STORAGE_TRANSIT_KEY",
+    "VAULT_ADDR",
+    "VAULT_CACERT",
+    "VAULT_TOKEN_FILE",
+)
+# The settings that name files: relative to the env file that sets them.
+PATH_SETTINGS = (FILE_ENV_VAR, "VAULT_CACERT", "VAULT_TOKEN_FILE")
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """What wraps a node's data keys, and the master key itself when it is local.
+
+    *master* is None with a key service; only a local key can also open data
+    written before keyrings (whose keys were derived from it).
+    """
+
+    wrapper: KeyWrapper
+    master: MasterKey | None
+
+    @classmethod
+    def local(cls, master: MasterKey) -> KeySource:
+        """A local master key wrapping the data keys itself."""
+        return cls(LocalWrapper(master), master)
+
+
+def uses_key_service(settings: Mapping[str, str | None]) -> bool:
+    return bool(settings.get(KEY_SERVICE_VAR))
+
+
+def key_source(settings: Mapping[str, str | None], *, base: Path | None = None) -> KeySource:
+    """The key of a node configured by *settings* (its environment, or its env file).
+
+    Relative paths are taken from *base* when given (the env file's directory).
+    """
+    service = settings.get(KEY_SERVICE_VAR) or None
+    if service is None:
+        master = load_master_key(settings.get(ENV_VAR), settings.get(FILE_ENV_VAR), base=base)
+        return KeySource.local(master)
+    if service not in KEY_SERVICES:
+        raise MasterKeyError(
+            f"{KEY_SERVICE_VAR}={service!r} is not a key service this project knows; "
+            f"use {' or '.join(KEY_SERVICES)}, or unset it to use a local master key"
+        )
+    local = [name for name in (ENV_VAR, FILE_ENV_VAR) if settings.get(name)]
+    if local:
+        raise MasterKeyError(
+            f"both {KEY_SERVICE_VAR}={service} and {local[0]} are set; the key comes from "
+            "one place: unset one of them"
+        )
+    from persistent_agent.keys.transit import TransitWrapper
+
+    return KeySource(TransitWrapper.from_settings(settings, base=base), None)

@@ -1,0 +1,39 @@
+"""The keys of each node as its config says: what the operator tools open data with.
+
+Tools read a node's settings from its env file (config/.env.<role>), the way
+the node does at startup, and go through the same function
+(keys.custody.key_source); a key service's standard ``VAULT_*`` variables may
+also come from the operator's shell.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from persistent_agent.errors import ConfigError, KeyFileExposedError, MasterKeyError
+from persistent_agent.keys.custody import SETTINGS, KeySource, key_source
+from persistent_agent.keys.master_key import ENV_VAR
+from persistent_agent.ops.config_files import env_file, read_env
+from persistent_agent.storage.data_keys import NodeKeys
+
+
+def source_of(config_dir: Path, role: str) -> KeySource:
+    """What wraps *role*'s data keys, from its env file; one line saying what is wrong."""
+    path = env_file(config_dir, role)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist; run `make init`")
+    values = read_env(path)
+    if values.get(ENV_VAR):
+        KeyFileExposedError.check(path)
+    settings = {k: v for k, v in os.environ.items() if k.startswith("VAULT_")}
+    settings.update({k: v for k, v in values.items() if k in SETTINGS})
+    try:
+        return key_source(settings, base=config_dir)
+    except MasterKeyError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def keys_of(config_dir: Path, data_dir: Path, role: str) -> NodeKeys:
+    """The data keys of *role*'s databases under *data_dir* (reading them writes nothing)."""
+    return NodeKeys(data_dir / role, source_of(config_dir, role))

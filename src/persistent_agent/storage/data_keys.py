@@ -1,0 +1,107 @@
+"""Which key opens which database of a node: its keyring, and adopting older data.
+
+A node directory holds its databases and one keyring (``keyring.json``) with
+their data keys, wrapped by the master key (keys/keyring.py). A database with
+no keyring entry was written before keyrings: its key is the one derived from
+the master key, and the keyring adopts it as it is (the first start or
+rotate-key does that), so upgrading rewrites no database file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from persistent_agent.errors import KeyringError, WrongKeyError
+from persistent_agent.keys.custody import KeySource
+from persistent_agent.keys.keyring import Keyring, derived_key, new_data_key
+from persistent_agent.storage.layout import KEYRING_FILE, database_files, namespace_of
+
+
+class NodeKeys:
+    """The data keys of the databases in *directory*, unwrapped with *source*.
+
+    Reading never writes; :meth:`adopt` and :meth:`create` save the keyring
+    (atomically) and say so in their names.
+    """
+
+    def __init__(self, directory: Path, source: KeySource) -> None:
+        self.directory = directory
+        self.source = source
+        self.path = directory / KEYRING_FILE
+        self.keyring = Keyring.load(self.path)
+        if self.keyring is not None:
+            self.keyring.check_wrapper(source.wrapper, self.path)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.source.wrapper.fingerprint
+
+    def refuse_pending(self) -> None:
+        """Fail when a ``rotate-key REENCRYPT=1`` stopped half-way through this node."""
+        if self.keyring is not None and self.keyring.pending:
+            raise KeyringError(
+                f"a `make rotate-key REENCRYPT=1` was interrupted ({self.path} holds keys it "
+                "was moving to); run `make rotate-key REENCRYPT=1` again to finish it"
+            )
+
+    def key_for(self, path: Path) -> bytes:
+        """The data key of an existing database *path* (from the keyring, or derived)."""
+        namespace = namespace_of(path)
+        if self.keyring is not None:
+            key = self.keyring.unwrap(self.source.wrapper, namespace, where=self.path)
+            if key is not None:
+                return key
+        if self.source.master is None:
+            raise KeyringError(
+                f"{path} has no entry in {self.path}, and with a key service there is no "
+                "derived key to try; restore the keyring from a backup"
+            )
+        return derived_key(self.source.master, namespace)
+
+    def pending_key_for(self, path: Path) -> bytes | None:
+        """The key a re-encryption is moving *path* to, if one is under way."""
+        if self.keyring is None:
+            return None
+        return self.keyring.unwrap_pending(self.source.wrapper, namespace_of(path), where=self.path)
+
+    def missing(self) -> list[Path]:
+        """Databases with no keyring entry: written before keyrings, or a keyring lost."""
+        known = self.keyring.keys if self.keyring is not None else {}
+        return [p for p in database_files(self.directory) if namespace_of(p) not in known]
+
+    def empty_keyring(self) -> Keyring:
+        return Keyring(node=self.directory.name, wrapped_by=self.fingerprint)
+
+    def adopt(self, paths: list[Path]) -> None:
+        """Put the derived keys of *paths* in the keyring (each proven to open it already)."""
+        keyring = self.keyring or self.empty_keyring()
+        for path in paths:
+            keyring = keyring.with_key(self.source.wrapper, namespace_of(path), self.key_for(path))
+        self._save(keyring)
+
+    def create(self, namespace: str) -> bytes:
+        """A new random data key for a database not yet created, saved before it is used."""
+        key = new_data_key()
+        self._save(
+            (self.keyring or self.empty_keyring()).with_key(self.source.wrapper, namespace, key)
+        )
+        return key
+
+    def _save(self, keyring: Keyring) -> None:
+        keyring.save(self.path)
+        self.keyring = keyring
+
+
+def wrong_key(path: Path, keys: NodeKeys) -> PersistentError:
+    """The error for a database that its key does not open, pointing at what is missing."""
+    if keys.keyring is None and path.exists():
+        return KeyringError(
+            f"cannot decrypt {path}: the key derived from the configured master key "
+            f"({keys.fingerprint}) does not open it, and there is no keyring ({keys.path}) "
+            "with its data key; configure the key it was written with, or put the keyring "
+            "back from a backup; no file was changed"
+        )
+    return WrongKeyError(path)
+
+
+PersistentError = KeyringError | WrongKeyError
