@@ -185,6 +185,21 @@ def test_client_reports_an_error_reply_at_once(nodes: LocalNodes) -> None:
     ]
 
 
+def test_client_uses_the_typescript_names_when_the_python_ones_are_not_found(
+    nodes: LocalNodes,
+) -> None:
+    """An agent that knows only storeValue/retrieveValue (as the original's does): our
+    client falls back to those names and prints the seed's chain, run after run."""
+    nodes.start("sentinel")
+    nodes.start("agent", module="tests.e2e.camel_agent")
+    first, second = run_client(nodes), run_client(nodes)
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    assert first.stdout.splitlines()[0] == "Previous state: null"
+    assert second.stdout.splitlines()[0] == f"Previous state: {stored_value(first.stdout)}"
+    assert first.stderr == second.stderr == ""
+
+
 def test_missing_config_is_one_line(nodes: LocalNodes) -> None:
     """An agent without its env file exits with one line pointing at make init."""
     shutil.move(config_files.env_file(nodes.config_dir, "agent"), nodes.config_dir / "moved")

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from naylence.agent import BaseAgent, BaseAgentState
 from naylence.fame.core import DataFrame, FameMessageResponse, create_fame_envelope
 from naylence.fame.service import operation
@@ -38,6 +39,25 @@ async def test_an_operation_replies_with_one_response_not_a_stream(
     assert isinstance(reply, FameMessageResponse)
     assert reply.envelope.frame.payload["result"]["value"] == "v1"
     assert reply.envelope.corr_id == "req-1"
+
+
+@pytest.mark.parametrize(
+    ("store", "retrieve"),
+    [("store_value", "retrieve_value"), ("storeValue", "retrieveValue")],
+    ids=["python names", "typescript names"],
+)
+async def test_both_spellings_reply_with_the_seeds_shape(
+    db_dir: Path, master_key: MasterKey, store: str, retrieve: str
+) -> None:
+    """Either spelling answers exactly {"value": …} ({} before any store), as the
+    TypeScript agent does; the schema version and timestamp stay in the stored state."""
+    agent = _agent(db_dir, master_key)
+    empty = await agent.handle_message(_request(retrieve, {}))
+    assert empty.envelope.frame.payload["result"] == {}
+    stored = await agent.handle_message(_request(store, {"value": "v1"}))
+    assert stored.envelope.frame.payload["result"] == {"value": "v1"}
+    read = await agent.handle_message(_request(retrieve, {}))
+    assert read.envelope.frame.payload["result"] == {"value": "v1"}
 
 
 async def test_errors_are_replied_the_same_way(db_dir: Path, master_key: MasterKey) -> None:

@@ -69,8 +69,29 @@ def timeout_seconds() -> float:
         raise ConfigError(f"{TIMEOUT_VAR} must be a number of seconds") from None
 
 
+# The operation names of the upstream Python example (ours), then of the
+# TypeScript original: an agent that answers "Method not found" to the first
+# is asked with the second.
+OPERATION_NAMES = (("retrieve_value", "store_value"), ("retrieveValue", "storeValue"))
+METHOD_NOT_FOUND = -32601  # JSON-RPC
+
+
+def method_not_found(exc: BaseException) -> bool:
+    """Whether *exc* is a JSON-RPC "method not found" reply.
+
+    The runtime hands the caller only the error's message (its code is
+    dropped), so the standard message for -32601 is what identifies it.
+    """
+    code = getattr(exc, "code", None)
+    return code == METHOD_NOT_FOUND or str(exc).startswith("Method not found")
+
+
 async def _session(value: str, deadline: float) -> tuple[Any, Any]:
-    """One connection: retrieve, then store *value*; each call bounded in time."""
+    """One connection: retrieve, then store *value*; each call bounded in time.
+
+    Tries the Python operation names, and on "method not found" the
+    TypeScript ones (an agent of the original example).
+    """
     from naylence.agent import Agent, configs
     from naylence.fame.core import FameFabric
 
@@ -79,9 +100,16 @@ async def _session(value: str, deadline: float) -> tuple[Any, Any]:
 
     async with FameFabric.create(root_config=configs.CLIENT_CONFIG):
         agent = Agent.remote_by_address(AGENT_ADDR)
-        previous = await asyncio.wait_for(agent.retrieve_value(), limit())
-        updated = await asyncio.wait_for(agent.store_value(value), limit())
-        return previous, updated
+        for i, (retrieve, store) in enumerate(OPERATION_NAMES):
+            try:
+                previous = await asyncio.wait_for(getattr(agent, retrieve)(), limit())
+            except Exception as exc:
+                if i + 1 < len(OPERATION_NAMES) and method_not_found(exc):
+                    continue
+                raise
+            updated = await asyncio.wait_for(getattr(agent, store)(value), limit())
+            return previous, updated
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 START_HINT_VAR = "PERSISTENT_AGENT_START_HINT"

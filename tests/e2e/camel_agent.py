@@ -1,0 +1,43 @@
+"""An agent at storage@fame.fabric that knows only the TypeScript original's names.
+
+``storeValue``/``retrieveValue`` and nothing else, in memory: what our client
+meets behind a sentinel serving the original example's agent.
+``python -m tests.e2e.camel_agent``, started like the real agent.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from naylence.agent import BaseAgent, configs
+from naylence.fame.service import operation
+
+from persistent_agent import AGENT_ADDR
+from persistent_agent.node import serving
+
+
+class CamelCaseAgent(BaseAgent):  # type: ignore[type-arg]
+    def __init__(self) -> None:
+        super().__init__()
+        self._value: str | None = None
+
+    @operation(name="storeValue")
+    async def store(self, value: str) -> dict[str, str]:
+        self._value = value
+        return {"value": value}
+
+    @operation(name="retrieveValue")
+    async def retrieve(self) -> dict[str, str]:
+        return {} if self._value is None else {"value": self._value}
+
+
+async def _main() -> None:
+    async def start(fabric: Any) -> None:
+        await fabric.serve(CamelCaseAgent(), AGENT_ADDR)
+
+    await serving.serve(start, configs.NODE_CONFIG)
+
+
+if __name__ == "__main__":
+    sys.exit(serving.run("camel-agent", _main))
