@@ -17,7 +17,7 @@ from persistent_agent import AGENT_ADDR
 from persistent_agent.node import serving
 
 
-class CamelCaseAgent(BaseAgent):  # type: ignore[type-arg]
+class CamelCaseAgent(BaseAgent):
     def __init__(self) -> None:
         super().__init__()
         self._value: str | None = None
