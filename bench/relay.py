@@ -20,6 +20,10 @@ import sys
 import uuid
 from typing import Any
 
+# At module level: FastAPI resolves the route's (string) annotations here.
+import uvicorn
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
 ECHO = "echo@fame.fabric"
 
 
@@ -65,9 +69,6 @@ def reply_envelope(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def relay(port: int) -> None:
-    import uvicorn
-    from fastapi import FastAPI, WebSocket, WebSocketDisconnect
-
     app = FastAPI()
     peers: dict[str, WebSocket] = {}
 
@@ -100,7 +101,7 @@ def relay(port: int) -> None:
 async def echo(url: str) -> None:
     import websockets
 
-    async with websockets.connect(f"{url}/ws/echo", max_size=None) as ws:
+    async with websockets.connect(f"{url}/ws/echo", max_size=None, proxy=None) as ws:
         print("attached", flush=True)
         async for message in ws:
             reply = reply_envelope(json.loads(message))
@@ -120,7 +121,7 @@ class Client:
         import websockets
 
         name = f"client-{uuid.uuid4().hex[:8]}"
-        return cls(await websockets.connect(f"{url}/ws/{name}", max_size=None), name)
+        return cls(await websockets.connect(f"{url}/ws/{name}", max_size=None, proxy=None), name)
 
     async def _read(self) -> None:
         async for message in self._ws:

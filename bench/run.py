@@ -18,16 +18,18 @@ import os
 import platform
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))  # relay.py, beside this file
 os.environ.setdefault("FAME_LOG_LEVEL", "critical")
 
 
@@ -165,17 +167,26 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _rpc_batch(agent: Any, calls: int, concurrency: int, latencies: list[float]) -> float:
-    """*calls* alternating store/retrieve calls, *concurrency* in flight; returns seconds."""
+Call = Callable[[int], Awaitable[Any]]
+
+
+def _agent_call(agent: Any) -> Call:
+    """Alternate store_value and retrieve_value, as the demo's client does."""
+
+    def call(i: int) -> Awaitable[Any]:
+        return agent.retrieve_value() if i % 2 else agent.store_value(f"value-{i}")
+
+    return call
+
+
+async def _rpc_batch(call: Call, calls: int, concurrency: int, latencies: list[float]) -> float:
+    """*calls* calls, *concurrency* in flight; returns seconds."""
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
         async with semaphore:
             started = time.perf_counter()
-            if i % 2:
-                await agent.retrieve_value()
-            else:
-                await agent.store_value(f"value-{i}")
+            await call(i)
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
@@ -184,37 +195,40 @@ async def _rpc_batch(agent: Any, calls: int, concurrency: int, latencies: list[f
 
 
 async def _rpc_interleaved(
-    stacks: dict[str, Any], calls: int, rounds: int
+    stacks: dict[str, Any], relay_url: str, calls: int, rounds: int
 ) -> dict[str, dict[str, float]]:
-    """Both profiles' stacks run side by side; batches alternate between them so
-    that drift on a shared machine hits both equally."""
+    """Every target side by side: batches alternate between them (in turned order
+    every other round) so that drift on a shared machine hits all equally."""
     from naylence.agent import Agent, configs
     from naylence.fame.core import FameFabric
+    from relay import Client
 
     from persistent_agent import AGENT_ADDR
 
     samples: dict[str, list[float]] = {}
     elapsed: dict[str, float] = {}
     async with contextlib.AsyncExitStack() as stack:
-        agents = {}
-        for profile, nodes in stacks.items():
+        targets: dict[str, Call] = {}
+        for name, nodes in stacks.items():
             _client_env(nodes)
             fabric = await stack.enter_async_context(
                 FameFabric.create(root_config=configs.CLIENT_CONFIG)
             )
-            agents[profile] = Agent.remote_by_address(AGENT_ADDR, fabric=fabric)
+            targets[name] = _agent_call(Agent.remote_by_address(AGENT_ADDR, fabric=fabric))
+        relay = await Client.connect(relay_url)
+        stack.push_async_callback(relay.close)
+        targets[RELAY] = lambda i: relay.call(f"value-{i}")
+        for call in targets.values():
+            await _first_answer(call)  # an agent may still be attaching
             for i in range(20):  # warm up
-                await agents[profile].store_value(f"warm-{i}")
+                await call(i)
         for concurrency in (1, 32):
             for r in range(rounds):
-                order = list(stacks) if r % 2 == 0 else list(reversed(stacks))
-                for profile in order:
-                    label = f"{profile}, {'sequential' if concurrency == 1 else '32 concurrent'}"
+                order = list(targets) if r % 2 == 0 else list(reversed(targets))
+                for name in order:
+                    label = f"{name}, {'sequential' if concurrency == 1 else '32 concurrent'}"
                     took = await _rpc_batch(
-                        agents[profile],
-                        calls // rounds,
-                        concurrency,
-                        samples.setdefault(label, []),
+                        targets[name], calls // rounds, concurrency, samples.setdefault(label, [])
                     )
                     elapsed[label] = elapsed.get(label, 0.0) + took
     return {
@@ -227,15 +241,73 @@ async def _rpc_interleaved(
     }
 
 
+async def _first_answer(call: Call, patience: float = 120) -> None:
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            await asyncio.wait_for(call(0), 2)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+RELAY = "relay floor"
+UPSTREAM = "upstream-shaped agent"
+
+
+@contextlib.contextmanager
+def _relay() -> Iterator[str]:
+    """The floor's relay and echo service as processes; yields the relay's URL."""
+    port = _free_port()
+    url = f"ws://127.0.0.1:{port}"
+    script = str(REPO / "bench" / "relay.py")
+    with contextlib.ExitStack() as stack:
+        for argv in ([script, "relay", str(port)], [script, "echo", url]):
+            proc = stack.enter_context(
+                subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, text=True)
+            )
+            stack.callback(proc.terminate)
+            if proc.stdout is not None:
+                proc.stdout.readline()  # "listening" / "attached"
+        yield url
+
+
+def _start_upstream(nodes: Any) -> subprocess.Popen[bytes]:
+    """Our sentinel with the upstream-shaped agent behind it (see bench/upstream_agent.py)."""
+    from persistent_agent.ops import config_files
+
+    nodes.start("sentinel")
+    env = nodes.env("agent")
+    env["FAME_STORAGE_MASTER_KEY"] = config_files.node_keys(nodes.config_dir)["agent"]
+    (nodes.data_dir / "upstream").mkdir(parents=True, exist_ok=True)
+    env["FAME_STORAGE_DB_DIRECTORY"] = str(nodes.data_dir / "upstream")
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "bench" / "upstream_agent.py")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def bench_rpc(quick: bool) -> dict[str, dict[str, float]]:
     calls, rounds = (160, 4) if quick else (640, 8)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _relay() as relay_url:
         stacks = {p: _nodes(Path(tmp) / p, p) for p in ("memory", "encrypted-sqlite")}
+        stacks[UPSTREAM] = _nodes(Path(tmp) / "upstream", "memory")
+        upstream = None
         try:
-            for nodes in stacks.values():
-                nodes.start_all()
-            results = asyncio.run(_rpc_interleaved(stacks, calls, rounds))
+            for name, nodes in stacks.items():
+                if name == UPSTREAM:
+                    upstream = _start_upstream(nodes)
+                else:
+                    nodes.start_all()
+            results = asyncio.run(_rpc_interleaved(stacks, relay_url, calls, rounds))
         finally:
+            if upstream is not None:
+                upstream.terminate()
+                upstream.wait()
             for nodes in stacks.values():
                 nodes.stop_all()
     return dict(sorted(results.items(), key=lambda kv: ("32" in kv[0], kv[0])))
@@ -325,6 +397,16 @@ def table(storage: dict[str, Any], rpc: dict[str, Any], startup: dict[str, float
             "",
             f"encrypted-sqlite / memory p50 (sequential): {enc['p50_ms'] / mem['p50_ms']:.3f}x",
         ]
+    lines += ["", "| ours (encrypted-sqlite) against | p50, sequential | req/s, 32 concurrent |"]
+    lines += ["| --- | ---: | ---: |"]
+    for other in (RELAY, UPSTREAM):
+        seq, par = rpc.get(f"{other}, sequential"), rpc.get(f"{other}, 32 concurrent")
+        ours_par = rpc.get("encrypted-sqlite, 32 concurrent")
+        if seq and par and enc and ours_par:
+            lines.append(
+                f"| {other} | {enc['p50_ms'] / seq['p50_ms']:.2f}x the time "
+                f"| {ours_par['req_per_s'] / par['req_per_s']:.2f}x the rate |"
+            )
     lines += [
         "",
         "### Agent startup to first answered RPC",
