@@ -48,7 +48,9 @@ def test_gen_master_key_runs_without_the_project_installed(tmp_path: Path) -> No
     shutil.copytree(
         REPO / "config",
         config,
-        ignore=shutil.ignore_patterns(".env.sentinel", ".env.agent", ".env.client"),
+        ignore=shutil.ignore_patterns(
+            ".env.sentinel", ".env.agent", ".env.client", "master.key*", ".master.key*"
+        ),
     )
     result = subprocess.run(
         [
