@@ -171,8 +171,8 @@ lint: install ## ruff (lint and format), mypy (strict on src/), the wings' layer
 docs: install ## Regenerate the generated parts of docs/ (cog; a test checks they are current)
 	$(VENV)/bin/cog -r $(GENERATED_DOCS)
 
-bench: install ## Benchmark: our provider vs the runtime's, RPC latency, startup (ratios, one run)
-	$(PY) bench/run.py $(BENCH_ARGS)
+bench: install ## Benchmark: ours vs the runtime's provider, the relay floor, the upstream-shaped agent (ratios, one run; PROFILE=1: where a call's CPU time goes)
+	$(PY) bench/$(if $(filter 1 yes true,$(PROFILE)),profile,run).py $(BENCH_ARGS)
 
 clean: ## Stop everything, then remove data/, generated config (keys) and run/
 	@if [ -x $(ADMIN) ]; then $(ADMIN) local-stop; fi

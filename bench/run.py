@@ -424,6 +424,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
     args = parser.parse_args()
 
+    from persistent_agent.node import logs
+
+    logs.install()  # the client side drops disabled log levels, as our client does
     storage = asyncio.run(bench_storage(args.quick))
     rpc = bench_rpc(args.quick)
     startup = bench_startup()
