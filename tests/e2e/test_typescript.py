@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from persistent_agent.ops.local_nodes import ATTACH_PATH, LocalNodes
@@ -119,6 +120,8 @@ def ts_nodes(ts: Path, tmp_path: Path) -> Iterator[int]:
             )
         )
         wait_until(lambda: _listening(port, started[0]), "the TS sentinel to listen")
+        listening = psutil.Process(started[0].pid).net_connections(kind="tcp")
+        assert {c.laddr.ip for c in listening if c.status == psutil.CONN_LISTEN} == {"127.0.0.1"}
         started.append(
             subprocess.Popen(
                 ["node", "agent.mjs"],
