@@ -5,6 +5,7 @@ above it in this list (``make lint`` checks it), then the entry points.
 
 - ``errors``: every user-facing error, one line each, and how it is printed.
 - ``keys/``: the master key and what it guards.
+  ``keys.secret_files``: writing files that hold secrets, atomically;
   ``keys.master_key``: parsing, generating, reading the key file;
   ``keys.keyring``: data keys wrapped by the master key (envelope encryption);
   ``keys.transit``: the master key in Vault or OpenBao transit instead;

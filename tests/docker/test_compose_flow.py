@@ -124,32 +124,12 @@ def test_nodes_are_restarted_on_failure_a_bounded_number_of_times(project: Path)
     """Both nodes run with restart on-failure, at most 5 times (storage failures exit 75)."""
     _make(project, "start")
     for service in ("sentinel", "persistent-agent"):
-        cid = subprocess.run(
-            [
-                "docker",
-                "ps",
-                "-q",
-                "--filter",
-                "label=com.docker.compose.project=pa-docker-test",
-                "--filter",
-                f"label=com.docker.compose.service={service}",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        policy = subprocess.run(
-            [
-                "docker",
-                "inspect",
-                "-f",
-                "{{.HostConfig.RestartPolicy.Name}}:{{.HostConfig.RestartPolicy.MaximumRetryCount}}",
-                cid,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        policy = _docker(
+            "inspect",
+            "-f",
+            "{{.HostConfig.RestartPolicy.Name}}:{{.HostConfig.RestartPolicy.MaximumRetryCount}}",
+            _container(project, service),
+        )
         assert policy == "on-failure:5", service
 
 

@@ -16,12 +16,17 @@ from persistent_agent import AGENT_ADDR
 from persistent_agent.node import serving
 
 
-async def _main() -> None:
-    async def start(fabric: Any) -> None:
-        await fabric.serve(BaseAgent(), AGENT_ADDR)
+def serve_as_the_agent(name: str, agent: Any) -> int:
+    """Serve *agent* at the demo's agent address, as the real agent's entry point does."""
 
-    await serving.serve(start, configs.NODE_CONFIG)
+    async def main() -> None:
+        async def start(fabric: Any) -> None:
+            await fabric.serve(agent, AGENT_ADDR)
+
+        await serving.serve(start, configs.NODE_CONFIG)
+
+    return serving.run(name, main)
 
 
 if __name__ == "__main__":
-    sys.exit(serving.run("bare-agent", _main))
+    sys.exit(serve_as_the_agent("bare-agent", BaseAgent()))

@@ -8,13 +8,11 @@ meets behind a sentinel serving the original example's agent.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
-from naylence.agent import BaseAgent, configs
+from naylence.agent import BaseAgent
 from naylence.fame.service import operation
 
-from persistent_agent import AGENT_ADDR
-from persistent_agent.node import serving
+from .bare_agent import serve_as_the_agent
 
 
 class CamelCaseAgent(BaseAgent):
@@ -32,12 +30,5 @@ class CamelCaseAgent(BaseAgent):
         return {} if self._value is None else {"value": self._value}
 
 
-async def _main() -> None:
-    async def start(fabric: Any) -> None:
-        await fabric.serve(CamelCaseAgent(), AGENT_ADDR)
-
-    await serving.serve(start, configs.NODE_CONFIG)
-
-
 if __name__ == "__main__":
-    sys.exit(serving.run("camel-agent", _main))
+    sys.exit(serve_as_the_agent("camel-agent", CamelCaseAgent()))

@@ -25,6 +25,7 @@ from persistent_agent.errors import (
     MasterKeyError,
 )
 from persistent_agent.keys.keyring import Keyring
+from persistent_agent.keys.secret_files import write_private
 from persistent_agent.keys.transit import TransitWrapper
 from persistent_agent.ops import admin, config_files
 from persistent_agent.ops.local_nodes import LocalNodes
@@ -104,7 +105,7 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
 def _use_key_service(config_dir: Path, bao: Bao, token: str) -> None:
     """Point both nodes at the transit key instead of the local key file."""
     token_file = config_dir / "vault.token"
-    config_files.write_private(token_file, token + "\n")
+    write_private(token_file, token + "\n")
     for role in ("sentinel", "agent"):
         config_files.edit_vars(
             config_files.env_file(config_dir, role),

@@ -108,29 +108,24 @@ def ts_nodes(ts: Path, tmp_path: Path) -> Iterator[int]:
     """A TS sentinel and a TS agent (memory profile) on a free port; stopped afterwards."""
     port = free_port()
     logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("sentinel", "agent")}
-    started = []
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(script: str, **settings: str) -> subprocess.Popen[bytes]:
+        log = logs[script.removesuffix(".mjs")]
+        process = subprocess.Popen(
+            ["node", script], cwd=ts, env=_ts_env(**settings), stdout=log, stderr=subprocess.STDOUT
+        )
+        started.append(process)
+        return process
+
     try:
-        started.append(
-            subprocess.Popen(
-                ["node", "sentinel.mjs"],
-                cwd=ts,
-                env=_ts_env(FAME_LISTENER_PORT=str(port), FAME_STORAGE_PROFILE="memory"),
-                stdout=logs["sentinel"],
-                stderr=subprocess.STDOUT,
-            )
+        sentinel = start(
+            "sentinel.mjs", FAME_LISTENER_PORT=str(port), FAME_STORAGE_PROFILE="memory"
         )
-        wait_until(lambda: _listening(port, started[0]), "the TS sentinel to listen")
-        listening = psutil.Process(started[0].pid).net_connections(kind="tcp")
+        wait_until(lambda: _listening(port, sentinel), "the TS sentinel to listen")
+        listening = psutil.Process(sentinel.pid).net_connections(kind="tcp")
         assert {c.laddr.ip for c in listening if c.status == psutil.CONN_LISTEN} == {"127.0.0.1"}
-        started.append(
-            subprocess.Popen(
-                ["node", "agent.mjs"],
-                cwd=ts,
-                env=_ts_env(FAME_DIRECT_ADMISSION_URL=_url(port), FAME_STORAGE_PROFILE="memory"),
-                stdout=logs["agent"],
-                stderr=subprocess.STDOUT,
-            )
-        )
+        start("agent.mjs", FAME_DIRECT_ADMISSION_URL=_url(port), FAME_STORAGE_PROFILE="memory")
         yield port
     finally:
         for process in started:

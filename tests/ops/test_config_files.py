@@ -9,6 +9,7 @@ import pytest
 
 from persistent_agent.errors import ConfigError
 from persistent_agent.keys.master_key import generate_master_key, parse_master_key, write_key_file
+from persistent_agent.keys.secret_files import write_private
 from persistent_agent.ops import admin, config_files
 
 
@@ -61,16 +62,22 @@ def test_init_restores_a_deleted_file_with_the_same_key(config_dir: Path, tmp_pa
     assert config_files.node_keys(config_dir) == keys
 
 
-def test_an_inline_key_moves_to_the_key_file(config_dir: Path, tmp_path: Path) -> None:
-    """A config of 0.1 (the key inline in both env files) is moved to master.key by init:
-    the same key, no longer in any env file, and said so."""
+def _configs_with_the_key_inline(config_dir: Path) -> str:
+    """Node env files as 0.1 wrote them, the key inline; returns the key."""
     key = generate_master_key()
     for role in ("sentinel", "agent"):
         text = config_files.template(config_dir, role).read_text()
         text = text.replace(
             "FAME_STORAGE_MASTER_KEY_FILE=master.key", f"FAME_STORAGE_MASTER_KEY={key}"
         )
-        config_files.write_private(config_dir / f".env.{role}", text)
+        write_private(config_dir / f".env.{role}", text)
+    return key
+
+
+def test_an_inline_key_moves_to_the_key_file(config_dir: Path, tmp_path: Path) -> None:
+    """A config of 0.1 (the key inline in both env files) is moved to master.key by init:
+    the same key, no longer in any env file, and said so."""
+    key = _configs_with_the_key_inline(config_dir)
     result = config_files.init(config_dir, tmp_path / "data")
     assert result.key_source == "kept"
     assert [p.name for p in result.moved_from] == [".env.sentinel", ".env.agent"]
@@ -83,13 +90,7 @@ def test_an_inline_key_moves_to_the_key_file(config_dir: Path, tmp_path: Path) -
 def test_moving_an_inline_key_is_crash_safe(config_dir: Path, tmp_path: Path) -> None:
     """Killed after the key file is written and before the env files change, a rerun finds
     the same key in both places and finishes: the key is never in neither place."""
-    key = generate_master_key()
-    for role in ("sentinel", "agent"):
-        text = config_files.template(config_dir, role).read_text()
-        text = text.replace(
-            "FAME_STORAGE_MASTER_KEY_FILE=master.key", f"FAME_STORAGE_MASTER_KEY={key}"
-        )
-        config_files.write_private(config_dir / f".env.{role}", text)
+    key = _configs_with_the_key_inline(config_dir)
     write_key_file(config_dir / config_files.KEY_FILE, key)  # where a kill would leave it
     config_files.init(config_dir, tmp_path / "data")
     assert config_files.node_keys(config_dir) == {"sentinel": key, "agent": key}

@@ -14,9 +14,14 @@ from pathlib import Path
 
 from persistent_agent.errors import MasterKeyError
 from persistent_agent.keys.keyring import KeyWrapper, LocalWrapper
-from persistent_agent.keys.master_key import ENV_VAR, FILE_ENV_VAR, MasterKey, load_master_key
+from persistent_agent.keys.master_key import (
+    ENV_VAR,
+    FILE_ENV_VAR,
+    KEY_SERVICE_VAR,
+    MasterKey,
+    load_master_key,
+)
 
-KEY_SERVICE_VAR = "FAME_STORAGE_KEY_SERVICE"
 KEY_SERVICES = ("vault",)
 
 # Every setting that says where the key is; nodes read them from their
@@ -49,10 +54,6 @@ class KeySource:
     def local(cls, master: MasterKey) -> KeySource:
         """A local master key wrapping the data keys itself."""
         return cls(LocalWrapper(master), master)
-
-
-def uses_key_service(settings: Mapping[str, str | None]) -> bool:
-    return bool(settings.get(KEY_SERVICE_VAR))
 
 
 def key_source(settings: Mapping[str, str | None], *, base: Path | None = None) -> KeySource:

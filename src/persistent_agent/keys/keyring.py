@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -31,7 +30,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from persistent_agent.errors import KeyringError
-from persistent_agent.keys.master_key import KEY_BYTES, MasterKey, sync_directory
+from persistent_agent.keys.master_key import KEY_BYTES, MasterKey
+from persistent_agent.keys.secret_files import write_private
 
 FORMAT = 1
 NONCE_BYTES = 12
@@ -163,20 +163,8 @@ class Keyring:
         return json.dumps(data, indent=2) + "\n"
 
     def save(self, path: Path) -> None:
-        """Write atomically: temp file, fsync, rename, fsync of the directory; 0600."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(self.to_json())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        sync_directory(path.parent)
+        """Write atomically, owner-only, synced (keys/secret_files.py)."""
+        write_private(path, self.to_json())
 
     # ---- keys
 

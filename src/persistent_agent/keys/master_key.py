@@ -12,13 +12,13 @@ Standard library only: ``make init`` runs this on a bare host Python.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from persistent_agent.errors import KeyFileExposedError, MasterKeyError
+from persistent_agent.keys.secret_files import write_private
 
 KEY_BYTES = 32
 ENV_VAR = "FAME_STORAGE_MASTER_KEY"
@@ -26,6 +26,8 @@ FILE_ENV_VAR = ENV_VAR + "_FILE"
 # Set by rotate-key before version 0.2 while it ran; a config that still has it
 # was interrupted there.
 NEXT_ENV_VAR = ENV_VAR + "_NEXT"
+# Set instead of the two above when a key service holds the key (keys/custody.py).
+KEY_SERVICE_VAR = "FAME_STORAGE_KEY_SERVICE"
 
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -95,26 +97,4 @@ def generate_master_key() -> str:
 
 def write_key_file(path: Path, key: str) -> None:
     """Write *key* to *path* atomically, owner-only (0600), synced to disk."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(key + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    sync_directory(path.parent)
-
-
-def sync_directory(directory: Path) -> None:
-    """fsync *directory*, so that a rename in it survives a power loss."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_private(path, key + "\n")

@@ -26,7 +26,7 @@ from persistent_agent import __version__
 from persistent_agent.errors import BackupError, DatabaseDamagedError, KeyringError
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.keyring import Keyring, derived_key
-from persistent_agent.ops.config_files import write_private
+from persistent_agent.keys.secret_files import write_private
 from persistent_agent.ops.inspection import NodeDatabase, node_databases
 from persistent_agent.ops.node_keys import source_of
 from persistent_agent.storage import database, lock

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,19 +25,20 @@ from persistent_agent.errors import ConfigError, MasterKeyError
 from persistent_agent.keys.master_key import (
     ENV_VAR,
     FILE_ENV_VAR,
+    KEY_SERVICE_VAR,
     NEXT_ENV_VAR,
     generate_master_key,
     load_master_key,
     parse_master_key,
     write_key_file,
 )
+from persistent_agent.keys.secret_files import write_private
 from persistent_agent.storage.layout import NODE_ROLES, all_databases, node_data_dirs
 
 ROLES = ("sentinel", "agent", "client")
 KEY_FILE = "master.key"
 # Where rotate-key keeps the key it is moving to until it is done.
 PENDING_KEY_FILE = KEY_FILE + ".next"
-KEY_SERVICE_VAR = "FAME_STORAGE_KEY_SERVICE"  # keys/custody.py reads it; init leaves such nodes be
 NEXT_VAR = NEXT_ENV_VAR
 
 
@@ -166,22 +166,6 @@ def node_keys(config_dir: Path) -> dict[str, str]:
             raise ConfigError(f"{path}: {error}") from None
         keys[role] = key.material.hex()
     return keys
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write *path* atomically with mode 0600 (it may hold the master key)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _key_file_text(config_dir: Path) -> str | None:

@@ -33,13 +33,14 @@ from persistent_agent.errors import (
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.keyring import Keyring, new_data_key
 from persistent_agent.keys.master_key import (
+    ENV_VAR,
     FILE_ENV_VAR,
     generate_master_key,
     parse_master_key,
     read_key_file,
-    sync_directory,
     write_key_file,
 )
+from persistent_agent.keys.secret_files import sync_directory
 from persistent_agent.keys.transit import TransitWrapper
 from persistent_agent.ops import backup as backups
 from persistent_agent.ops.config_files import (
@@ -159,7 +160,7 @@ def _sources(config_dir: Path) -> tuple[KeySource, KeySource, bool]:
 def _rotate(config_dir: Path, data_dir: Path, backups_dir: Path, reencrypt: bool) -> RotationResult:
     # A key still inline in an env file moves to the key file first (what
     # `make init` does), so that from here on the key lives in one file.
-    if any(read_env(env_file(config_dir, r)).get("FAME_STORAGE_MASTER_KEY") for r in NODE_ROLES):
+    if any(read_env(env_file(config_dir, r)).get(ENV_VAR) for r in NODE_ROLES):
         init(config_dir, data_dir)
     old, new, resumed = _sources(config_dir)
     result = RotationResult(resumed=resumed, key_service=old.master is None)

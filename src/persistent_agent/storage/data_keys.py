@@ -58,12 +58,6 @@ class NodeKeys:
             )
         return derived_key(self.source.master, namespace)
 
-    def pending_key_for(self, path: Path) -> bytes | None:
-        """The key a re-encryption is moving *path* to, if one is under way."""
-        if self.keyring is None:
-            return None
-        return self.keyring.unwrap_pending(self.source.wrapper, namespace_of(path), where=self.path)
-
     def missing(self) -> list[Path]:
         """Databases with no keyring entry: written before keyrings, or a keyring lost."""
         known = self.keyring.keys if self.keyring is not None else {}
@@ -92,7 +86,7 @@ class NodeKeys:
         self.keyring = keyring
 
 
-def wrong_key(path: Path, keys: NodeKeys) -> PersistentError:
+def wrong_key(path: Path, keys: NodeKeys) -> KeyringError | WrongKeyError:
     """The error for a database that its key does not open, pointing at what is missing."""
     if keys.keyring is None and path.exists():
         return KeyringError(
@@ -102,6 +96,3 @@ def wrong_key(path: Path, keys: NodeKeys) -> PersistentError:
             "back from a backup; no file was changed"
         )
     return WrongKeyError(path)
-
-
-PersistentError = KeyringError | WrongKeyError

@@ -1,0 +1,41 @@
+"""Writing files that hold secrets: atomically, owner-only, durably.
+
+The key file, the keyrings, the env files and the backup manifests are all
+written this way: a new owner-only temp file beside the target, fsynced,
+renamed over it, and the directory fsynced, so that a crash or power loss
+leaves the old file or the new one, never half of either.
+
+Standard library only: ``make init`` runs this on a bare host Python.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace *path* with *text*, atomically, mode 0600, synced to disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp creates the temp file exclusively, owner-only, under a fresh name.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    sync_directory(path.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync *directory*, so that a rename in it survives a power loss."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
