@@ -25,7 +25,7 @@ export PERSISTENT_AGENT_IMAGE := $(IMAGE)
 export UID_GID := $(shell id -u):$(shell id -g)
 COMPOSE ?= $(shell scripts/compose.sh)
 
-.PHONY: help install init demo local-start local-run local-run-verbose local-stop local-status \
+.PHONY: help install init demo demo-replicas local-start local-run local-run-verbose local-stop local-status \
         test test-unit test-e2e test-docker lint docs bench clean \
         build base-image start stop run run-verbose logs status \
         verify inspect backup restore rotate-key
@@ -64,6 +64,9 @@ NODE_PREREQS := install init
 # ---------------------------------------------------------------- local processes
 demo: $(NODE_PREREQS) ## See it work: start locally, store, restart the agent, read it back, stop
 	@$(ADMIN) demo
+
+demo-replicas: $(NODE_PREREQS) ## Two agent replicas on one encrypted PostgreSQL state: concurrent increments, a kill -9, an exact count
+	@$(ADMIN) demo-replicas
 
 local-start: $(NODE_PREREQS) ## Start sentinel + agent as local background processes (logs in run/)
 	@$(ADMIN) local-start

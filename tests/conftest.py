@@ -18,6 +18,7 @@ import structlog
 
 from persistent_agent.keys.master_key import MasterKey, generate_master_key, parse_master_key
 from persistent_agent.ops import config_files
+from persistent_agent.ops.postgres_server import PostgresServer, binaries
 from persistent_agent.storage.layout import LOCK_FILE
 
 from . import writers
@@ -153,3 +154,43 @@ def node_writing(root: Path) -> contextlib.AbstractContextManager[subprocess.Pop
     return running(
         [sys.executable, "-m", "tests.writers", "live", str(root / "config"), str(root / "data")]
     )
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (the project's own, on loopback).
+
+    pytest's temporary directories are owner-only, so run as root this also
+    exercises the way the server reaches its data as an unprivileged user.
+    """
+    root = tmp_path_factory.mktemp("postgres")
+    server = PostgresServer(root / "pg", root / "pg" / "superuser.password")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def shared_dsn(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """A fresh database of its own for each test."""
+    name = "t_" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    return postgres.create_database(name, fresh=True)
+
+
+def pg_dump(server: PostgresServer, dsn: str) -> str:
+    """The whole database as `pg_dump` prints it (schema and data)."""
+    import psycopg
+
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    return subprocess.run(
+        [
+            str(binaries() / "pg_dump"),
+            "-h", str(info["host"]), "-p", str(info["port"]), "-U", str(info["user"]),
+            "--no-owner", str(info["dbname"]),
+        ],
+        env={"PGPASSWORD": server.password(), "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip

@@ -21,6 +21,7 @@ NEEDS: dict[str, set[str]] = {
     "install": {"install"},
     "init": {"init"},
     "demo": {"install", "init"},
+    "demo-replicas": {"install", "init"},
     "local-start": {"install", "init"},
     "local-run": {"install", "init"},
     "local-run-verbose": {"install", "init"},

@@ -17,7 +17,9 @@ above it in this list (``make lint`` checks it), then the entry points.
   ``storage.data_keys``: which data key opens which file of a node;
   ``storage.provider``: the ``StorageProvider`` and ``KeyValueStore``;
   ``storage.provider_factory``: its config, factory and the
-  ``encrypted-sqlite`` profile.
+  ``encrypted-sqlite`` and ``encrypted-postgres`` profiles;
+  ``storage.shared_state``: the state replicas share in PostgreSQL, encrypted;
+  ``storage.shared_provider``: a replica's own files plus the shared state.
 - ``node/``: what runs inside the node processes.
   ``node.serving``: settings, preflight, serving (both node entry points);
   ``node.agent``: ``PersistentAgent`` and its state model;
@@ -25,14 +27,17 @@ above it in this list (``make lint`` checks it), then the entry points.
   ``node.replies``: RPC replies without the SDK's 10 ms pause;
   ``node.logs``: disabled log levels dropped before formatting;
   ``node.sentinel``: the sentinel entry point;
-  ``node.caller``: the client's calls and their retry policy.
+  ``node.caller``: the client's calls and their retry policy;
+  ``node.increments``: increment calls acknowledged exactly once.
 - ``ops/``: what the operator runs.
   ``ops.admin``: the ``persistent-agent-admin`` CLI;
   ``ops.config_files``: ``config/.env.*``, the key file and ``make init``;
   ``ops.node_keys``: each node's keys as its config says;
   ``ops.inspection``: verify and inspect; ``ops.backup``: backup and restore;
   ``ops.rotation``: rotate-key;
-  ``ops.local_nodes``: the nodes as local processes.
+  ``ops.local_nodes``: the nodes as local processes;
+  ``ops.postgres_server``: a PostgreSQL server of the project's own;
+  ``ops.replicas``: agent replicas as local processes (demo-replicas).
 - ``client``: the client entry point; ``__main__``: the agent entry point.
 
 Nothing in this ``__init__`` imports a third-party package: ``make init``

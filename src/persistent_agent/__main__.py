@@ -1,7 +1,15 @@
-"""Entry point: the persistent-agent node, serving PersistentAgent at storage@fame.fabric."""
+"""Entry point: the persistent-agent node, serving PersistentAgent at storage@fame.fabric.
+
+With the shared state (``encrypted-postgres``) the node is one of several
+replicas: it asks for the wildcard logical ``*.fame.fabric``, so the
+sentinel pools every replica under ``storage@fame.fabric`` instead of letting
+the last one to attach replace the others. Each replica needs a node id of its
+own that stays the same across restarts (``FAME_NODE_ID``).
+"""
 
 from __future__ import annotations
 
+import copy
 import sys
 from typing import Any
 
@@ -20,7 +28,18 @@ async def _main() -> None:
         await agent.get_state()
         await fabric.serve(agent, AGENT_ADDR)
 
-    await serving.serve(start, configs.NODE_CONFIG)
+    await serving.serve(start, node_config())
+
+
+POOLED_LOGICAL = "*.fame.fabric"
+
+
+def node_config() -> dict[str, Any]:
+    """The SDK's node config; a replica of the shared state joins the pool."""
+    config: dict[str, Any] = copy.deepcopy(configs.NODE_CONFIG)
+    if serving.shared_state():
+        config["node"]["requested_logicals"] = [POOLED_LOGICAL]
+    return config
 
 
 def main() -> None:

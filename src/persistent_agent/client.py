@@ -2,7 +2,9 @@
 
 Stores the current time in the agent and prints the state before and after,
 as the seed's client does; the calling and its retry policy live in
-:mod:`persistent_agent.node.caller`.
+:mod:`persistent_agent.node.caller`. ``persistent-agent-client increment
+[--calls N --concurrency C]`` calls ``increment`` instead
+(:mod:`persistent_agent.node.increments`).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import os
 import sys
 
 from persistent_agent.errors import PersistentAgentError, report
-from persistent_agent.node import caller, logs, serving
+from persistent_agent.node import caller, increments, logs, serving
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     serving.load_env()
     # Retries would log connection warnings; the one line we print if all
     # fail is enough. Set before the runtime's logging is first imported
@@ -23,7 +26,10 @@ def main() -> int:
     os.environ.setdefault(serving.LOG_LEVEL_VAR, "critical")
     logs.install()
     try:
-        asyncio.run(caller.run())
+        if argv[:1] == ["increment"]:
+            asyncio.run(increments.main(argv[1:]))
+        else:
+            asyncio.run(caller.run())
     except PersistentAgentError as error:
         return report("client", error)
     return 0

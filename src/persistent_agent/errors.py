@@ -166,6 +166,30 @@ class StorageIOError(StorageUnavailableError):
         )
 
 
+class SharedStateError(PersistentAgentError):
+    """The shared state in PostgreSQL (profile encrypted-postgres) cannot be used as configured."""
+
+
+class SharedStateUnavailableError(SharedStateError):
+    """PostgreSQL does not answer; the replica stays up and reconnects by itself.
+
+    Unlike :class:`StorageUnavailableError` this does not end the node: the
+    replica's own files are fine, and calls work again once the server is back.
+    """
+
+    PREFIX = "shared state unavailable"
+
+
+class SharedStateConflictError(SharedStateError):
+    """Other replicas kept changing the same state for longer than one call retries."""
+
+    PREFIX = "shared state busy"
+
+
+class SharedRowError(SharedStateError):
+    """A row of the shared state does not decrypt: altered, or copied from another row."""
+
+
 def report(name: str, error: PersistentAgentError) -> int:
     """Print *error* as ``name: error: …`` on stderr; return the exit code to use."""
     print(f"{name}: error: {error}", file=sys.stderr, flush=True)

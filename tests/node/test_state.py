@@ -136,16 +136,21 @@ def _write_raw(db_dir: Path, key: MasterKey, document: dict[str, object]) -> Pat
 
 
 async def test_version_1_state_is_migrated(db_dir: Path, master_key: MasterKey) -> None:
-    """State written by the seed-shaped v1 model loads as v2 and is saved as v2."""
+    """State written by the seed-shaped v1 model loads as v3 (count 0) and is saved as v3."""
     _write_raw(db_dir, master_key, {"value": "from-v1"})
     provider = SQLCipherStorageProvider(db_dir, master_key)
     agent = _attach(PersistentAgent(), provider)
     state = await agent.get_state()
-    assert (state.value, state.updated_at, state.schema_version) == ("from-v1", None, 2)
+    assert (state.value, state.updated_at, state.count, state.schema_version) == (
+        "from-v1",
+        None,
+        0,
+        3,
+    )
     await agent.store_value("now-v2")
     provider.close()
     stored = _stored(db_dir, master_key, STATE_NAMESPACE)["state"]
-    assert stored["schema_version"] == 2  # type: ignore[index]
+    assert stored["schema_version"] == 3  # type: ignore[index]
     assert stored["value"] == "now-v2"  # type: ignore[index]
     assert isinstance(stored["updated_at"], float)  # type: ignore[index]
 
@@ -153,11 +158,11 @@ async def test_version_1_state_is_migrated(db_dir: Path, master_key: MasterKey) 
 async def test_newer_state_version_is_refused_and_left_untouched(
     db_dir: Path, master_key: MasterKey
 ) -> None:
-    """A document from schema version 3 is refused with one line; its bytes stay."""
-    path = _write_raw(db_dir, master_key, {"schema_version": 3, "value": "future", "x": 1})
+    """A document from schema version 4 is refused with one line; its bytes stay."""
+    path = _write_raw(db_dir, master_key, {"schema_version": 4, "value": "future", "x": 1})
     before = _stored(db_dir, master_key, STATE_NAMESPACE)
     agent = _attach(PersistentAgent(), SQLCipherStorageProvider(db_dir, master_key))
-    with pytest.raises(StateVersionError, match="schema_version 3, newer than this agent's 2"):
+    with pytest.raises(StateVersionError, match="schema_version 4, newer than this agent's 3"):
         await agent.get_state()
     with pytest.raises(StateVersionError):
         await agent.store_value("would overwrite")

@@ -35,8 +35,12 @@ SETTINGS = (
     "VAULT_CACERT",
     "VAULT_TOKEN_FILE",
 )
+# The shared state of the encrypted-postgres profile (storage/shared_state.py):
+# where the server is, and the file holding its password.
+POSTGRES_DSN_VAR = "FAME_STORAGE_POSTGRES_DSN"
+POSTGRES_PASSWORD_FILE_VAR = "FAME_STORAGE_POSTGRES_PASSWORD_FILE"  # noqa: S105 - a name
 # The settings that name files: relative to the env file that sets them.
-PATH_SETTINGS = (FILE_ENV_VAR, "VAULT_CACERT", "VAULT_TOKEN_FILE")
+PATH_SETTINGS = (FILE_ENV_VAR, "VAULT_CACERT", "VAULT_TOKEN_FILE", POSTGRES_PASSWORD_FILE_VAR)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from persistent_agent.errors import ConfigError
+
 
 def write_private(path: Path, text: str) -> None:
     """Replace *path* with *text*, atomically, mode 0600, synced to disk."""
@@ -39,3 +41,23 @@ def sync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_private(path: Path, setting: str) -> str:
+    """The one-line secret in *path* (named by *setting*), refused if others can read it."""
+    try:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise ConfigError(
+                f"{setting}={path} is readable by group or others (mode {mode:o}); "
+                "refusing to use it: make it owner-only (chmod 600)"
+            )
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{setting}={path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{setting}={path}: cannot read it ({exc.strerror})") from None
+    secret = text.strip()
+    if not secret or "\n" in secret:
+        raise ConfigError(f"{setting}={path} must hold one line, the secret, and nothing else")
+    return secret

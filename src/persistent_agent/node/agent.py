@@ -32,20 +32,41 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "updated_at": None}
 
 
-class CustomAgentState(VersionedAgentState):
-    """The agent's persisted state (version 2: ``value`` and ``updated_at``)."""
+def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 adds the counter of ``increment``, starting at zero."""
+    return {**data, "count": 0}
 
-    SCHEMA_VERSION: ClassVar[int] = 2
-    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _v1_to_v2}
+
+class CustomAgentState(VersionedAgentState):
+    """The agent's persisted state (version 3: ``value``, ``updated_at``, ``count``)."""
+
+    SCHEMA_VERSION: ClassVar[int] = 3
+    MIGRATIONS: ClassVar[dict[int, Migration]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
     value: str | None = None
     updated_at: float | None = None  # Unix time of the last store_value
+    count: int = 0  # the sum of every increment applied
+
+
+class Increment(TypedDict):
+    """What ``increment`` returns: the new total, the replica that applied it, and how
+    many times this call's change lost a race to another replica and was retried."""
+
+    count: int
+    replica: str
+    retries: int
 
 
 class PublicState(TypedDict, total=False):
     """What the operations return: the seed's ``{"value": "…"}``."""
 
     value: str
+
+
+def _node_id() -> str:
+    from naylence.fame.node.node import get_node
+
+    return str(get_node().id)
 
 
 def public(state: CustomAgentState) -> PublicState:
@@ -63,10 +84,14 @@ class PersistentAgent(UnaryReplyMixin, TransactionalAgent[CustomAgentState]):
     async def _store(self, value: str) -> PublicState:
         if not isinstance(value, str):
             raise TypeError(f"store_value expects a string, got {type(value).__name__}")
-        async with self.state as state:
+
+        def store(state: CustomAgentState) -> PublicState:
             state.value = value
             state.updated_at = time.time()
             return public(state)
+
+        result, _ = await self.update_state(store)
+        return result
 
     async def _retrieve(self) -> PublicState:
         return public(await self.get_state())
@@ -78,6 +103,27 @@ class PersistentAgent(UnaryReplyMixin, TransactionalAgent[CustomAgentState]):
     @operation
     async def retrieve_value(self) -> PublicState:
         return await self._retrieve()
+
+    @operation
+    async def increment(self, n: int = 1, request_id: str | None = None) -> Increment:
+        """Add *n* to the counter; returns the new total. Idempotent per *request_id*.
+
+        A read-modify-write, so that a lost update between replicas would
+        show in the total. A call repeated with the same *request_id* (a client
+        retrying after a timeout) returns the first call's result, unapplied,
+        when the state is shared (encrypted-postgres).
+        """
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"increment expects an integer, got {type(n).__name__}")
+        replica = _node_id()
+
+        def add(state: CustomAgentState) -> Increment:
+            state.count += n
+            return {"count": state.count, "replica": replica, "retries": 0}
+
+        result, retries = await self.update_state(add, request_id=request_id)
+        # A repeated request returns the recorded result (its replica, not ours).
+        return {**result, "retries": retries}
 
     # The TypeScript original's names: one registration gives one name, so
     # each is an operation of its own, calling the same code.

@@ -53,6 +53,9 @@ def sentinel_config() -> dict[str, Any]:
     config: dict[str, Any] = copy.deepcopy(configs.SENTINEL_CONFIG)
     for listener in config["node"]["listeners"]:
         listener["host"] = Expressions.env(HOST_VAR, DEFAULT_HOST)
+    # Agent replicas (encrypted-postgres) share one address in a pool: take
+    # turns rather than the default hash, so each gets its share of the calls.
+    config["node"]["load_balancing"] = {"type": "LoadBalancingProfile", "profile": "round_robin"}
     return config
 
 

@@ -72,9 +72,9 @@ def check_storage() -> None:
         if get_profile(factory.PROFILE_BASE_TYPE, profile) is None:
             raise StorageProfileError(
                 f"{PROFILE_VAR}={profile!r} is not a storage profile; "
-                "use encrypted-sqlite, sqlite or memory"
+                "use encrypted-sqlite, encrypted-postgres, sqlite or memory"
             )
-    if profile == factory.PROFILE_NAME:
+    if profile in (factory.PROFILE_NAME, factory.SHARED_PROFILE_NAME):
         from persistent_agent.keys.custody import key_source
         from persistent_agent.keys.master_key import NEXT_ENV_VAR
         from persistent_agent.storage.database import ensure_directory
@@ -86,6 +86,24 @@ def check_storage() -> None:
             )
         key_source(os.environ)
         ensure_directory(Path(os.environ.get("FAME_STORAGE_DB_DIRECTORY", "./data/sqlite")))
+    if profile == factory.SHARED_PROFILE_NAME:
+        from persistent_agent.keys.custody import POSTGRES_DSN_VAR, POSTGRES_PASSWORD_FILE_VAR
+        from persistent_agent.keys.secret_files import read_private
+
+        if not os.environ.get(POSTGRES_DSN_VAR):
+            raise ConfigError(
+                f"{POSTGRES_DSN_VAR} is not set; the {profile} profile keeps the agent's "
+                "state in PostgreSQL (see docs/replicas.md)"
+            )
+        if password_file := os.environ.get(POSTGRES_PASSWORD_FILE_VAR):
+            read_private(Path(password_file), POSTGRES_PASSWORD_FILE_VAR)
+
+
+def shared_state() -> bool:
+    """Whether this node keeps the agent's state in PostgreSQL (``encrypted-postgres``)."""
+    from persistent_agent.storage.provider_factory import SHARED_PROFILE_NAME
+
+    return os.environ.get(PROFILE_VAR) == SHARED_PROFILE_NAME
 
 
 def log_level() -> str:

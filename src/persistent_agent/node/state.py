@@ -11,6 +11,14 @@ Two things the SDK's ``BaseAgent``/``BaseAgentState`` leave to us:
   it saves and migrates older documents on load, one step at a time; a
   document from a newer, unknown version is refused and never overwritten.
 
+* **Shared state.** With the ``encrypted-postgres`` profile the state lives
+  in PostgreSQL and other replicas change it too, so nothing is cached: each
+  transaction reads the current row and commits with compare-and-set on the
+  version it read. :meth:`TransactionalAgent.update_state` retries a change
+  that lost the race (reading again) up to :data:`MAX_ATTEMPTS` times, and can
+  record the result under a request id so that a repeated call returns it
+  instead of applying twice. ``async with self.state`` is one attempt.
+
 Adding a migration: raise ``SCHEMA_VERSION`` by one and add a function from
 the previous version to ``MIGRATIONS`` (keyed by the version it upgrades
 *from*) that takes and returns the raw dict. Old documents are upgraded when
@@ -19,6 +27,9 @@ read and written back in the new shape on the next save.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import random
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, ClassVar, Generic, TypeVar, cast
@@ -26,7 +37,12 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 from naylence.agent import BaseAgent, BaseAgentState
 from pydantic import model_validator
 
-from persistent_agent.errors import StateVersionError
+from persistent_agent.errors import SharedStateConflictError, StateVersionError
+from persistent_agent.storage.shared_state import VersionedStore
+
+# How often a change to the shared state is tried against other replicas'
+# writes before the call fails (each retry reads the row again).
+MAX_ATTEMPTS = 20
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -76,11 +92,13 @@ class _Transaction(Generic[StateT]):
     def __init__(self, agent: TransactionalAgent[StateT]) -> None:
         self._agent = agent
         self._draft: StateT | None = None
+        self._version = 0
 
     async def __aenter__(self) -> StateT:
         await self._agent._state_lock.acquire()
         try:
-            self._draft = _copy(cast(StateT, await self._agent._load_state()))
+            state, self._version = await self._agent._read()
+            self._draft = _copy(state)
         except BaseException:
             self._agent._state_lock.release()
             raise
@@ -93,14 +111,24 @@ class _Transaction(Generic[StateT]):
         tb: TracebackType | None,
     ) -> None:
         try:
-            if exc_type is None and self._draft is not None:
-                # Re-validate the whole draft (assignments are not validated),
-                # then persist it; the SDK's _save_state publishes it to the
-                # in-memory cache only after the store accepted it.
-                await self._agent._save_state(_copy(self._draft))
+            # Re-validate the whole draft (assignments are not validated),
+            # then persist it; a local state is published to the SDK's
+            # in-memory cache only after the store accepted it.
+            if (
+                exc_type is None
+                and self._draft is not None
+                and not await self._agent._commit(_copy(self._draft), self._version)
+            ):
+                raise SharedStateConflictError(
+                    f"{SharedStateConflictError.PREFIX}: another replica changed the "
+                    "agent's state during this call; nothing was written, try again"
+                )
         finally:
             self._draft = None
             self._agent._state_lock.release()
+
+
+R = TypeVar("R")
 
 
 class TransactionalAgent(BaseAgent[StateT]):
@@ -112,7 +140,67 @@ class TransactionalAgent(BaseAgent[StateT]):
             raise RuntimeError("No state model configured")
         return _Transaction(self)
 
+    async def _shared(self) -> VersionedStore | None:
+        """The shared store (encrypted-postgres), or None for a node-local state."""
+        if self._state_model is None:
+            raise RuntimeError("No state model configured")
+        await self._ensure_state_store(self._state_model)
+        store = self._state_store
+        return store if isinstance(store, VersionedStore) else None
+
+    async def _read(self) -> tuple[StateT, int]:
+        """The current state and its version (0 for a local state, or none stored yet)."""
+        shared = await self._shared()
+        if shared is None:
+            return cast(StateT, await self._load_state()), 0
+        text, version = await shared.read_versioned(self._state_key)
+        model = cast(type[StateT], self._state_model)
+        return (model() if text is None else model.model_validate_json(text)), version
+
+    async def _commit(
+        self, state: StateT, version: int, request: tuple[str, str] | None = None
+    ) -> bool:
+        """Save *state*; for the shared state only if it is still at *version*."""
+        shared = await self._shared()
+        if shared is None:
+            await self._save_state(state)
+            return True
+        return await shared.write_versioned(
+            self._state_key, state.model_dump_json(by_alias=True), version, request
+        )
+
+    async def update_state(
+        self, change: Callable[[StateT], R], *, request_id: str | None = None
+    ) -> tuple[R, int]:
+        """Apply *change* to the state and save it; returns its result and how many retries.
+
+        For the shared state a change that lost the race to another replica is
+        applied again to the state read afresh, up to MAX_ATTEMPTS times. With
+        *request_id* the result (JSON) is recorded with the change, and a
+        repeated id returns the recorded result without applying *change*.
+        """
+        async with self._state_lock:
+            shared = await self._shared()
+            for attempt in range(MAX_ATTEMPTS):
+                if shared is not None and request_id is not None:
+                    recorded = await shared.request_result(request_id)
+                    if recorded is not None:
+                        return cast(R, json.loads(recorded)), attempt
+                state, version = await self._read()
+                draft = _copy(state)
+                result = change(draft)
+                request = None if request_id is None else (request_id, json.dumps(result))
+                if await self._commit(_copy(draft), version, request):
+                    return result, attempt
+                # Another replica wrote first: back off a little, then read again.
+                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311
+        raise SharedStateConflictError(
+            f"{SharedStateConflictError.PREFIX}: the agent's state kept changing under "
+            f"{MAX_ATTEMPTS} tries of this call; nothing was written, try again"
+        )
+
     async def get_state(self) -> StateT:
         """A copy of the current state: mutating it changes nothing stored."""
         async with self._state_lock:
-            return _copy(cast(StateT, await self._load_state()))
+            state, _ = await self._read()
+            return _copy(state)

@@ -133,6 +133,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("demo-replicas", "persistent-agent-admin demo-replicas --replicas 2")
+def _demo_replicas(args: argparse.Namespace) -> int:
+    """Replicas on one shared PostgreSQL state: increments from several clients, a kill -9."""
+    from persistent_agent.ops import replicas
+
+    return replicas.demo(
+        args.config_dir, args.data_dir, args.run_dir, replicas=args.replicas, clients=args.clients,
+        calls_per_client=args.calls // args.clients,
+    )  # fmt: skip
+
+
 @command("verify", "persistent-agent-admin verify", needs_config=True)
 def _verify(args: argparse.Namespace) -> int:
     """Check every database with its node's key (HMAC and structure); exit 1 on any problem."""
@@ -251,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="also replace every data key and re-encrypt every file (after a leak)",
             )
+        if name == "demo-replicas":
+            p.add_argument("--replicas", type=int, default=2, help="agent replicas (default 2)")
+            p.add_argument("--clients", type=int, default=4, help="client processes (default 4)")
+            p.add_argument("--calls", type=int, default=300, help="increments in all (default 300)")
         if name == "local-run":
             p.add_argument("--verbose", action="store_true", help="show envelopes")
     return parser

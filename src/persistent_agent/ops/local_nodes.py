@@ -98,6 +98,10 @@ class LocalNodes:
             return None
         return process.pid if alive and ours else None
 
+    def command_prefix(self, role: str) -> list[str]:
+        """What *role*'s command runs under (a network namespace, say); nothing here."""
+        return []
+
     def launch(self, role: str, module: str | None = None) -> subprocess.Popen[bytes]:
         """Start *role* in the background and return at once (see :meth:`start`).
 
@@ -112,7 +116,7 @@ class LocalNodes:
         os.fchmod(log_fd, 0o600)
         with open(log_fd, "ab") as log:
             process = subprocess.Popen(
-                [self.python, "-m", module],
+                [*self.command_prefix(role), self.python, "-m", module],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

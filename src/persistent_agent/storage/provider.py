@@ -154,6 +154,7 @@ class SQLCipherStorageProvider(StorageProvider):
         try:
             if isinstance(key_source, MasterKey):
                 key_source = KeySource.local(key_source)
+            self.key_source = key_source
             self._keys = NodeKeys(self._directory, key_source)
             self._keys.refuse_pending()
             for path in layout.database_files(self._directory):

@@ -21,7 +21,11 @@ from naylence.fame.storage.storage_provider_factory import (
 )
 from pydantic import Field, SecretStr
 
-from persistent_agent.keys.custody import SETTINGS
+from persistent_agent.keys.custody import (
+    POSTGRES_DSN_VAR,
+    POSTGRES_PASSWORD_FILE_VAR,
+    SETTINGS,
+)
 
 
 def _field(setting: str) -> str:
@@ -42,6 +46,15 @@ ENCRYPTED_SQLITE_PROFILE: dict[str, Any] = {
     # factory say "not set" in its own words instead of failing inside
     # expression evaluation.
     **{_field(name): Expressions.env(name, "") for name in SETTINGS},
+}
+
+SHARED_PROVIDER_TYPE = "SharedStateStorageProvider"
+SHARED_PROFILE_NAME = "encrypted-postgres"
+ENCRYPTED_POSTGRES_PROFILE: dict[str, Any] = {
+    **ENCRYPTED_SQLITE_PROFILE,
+    "type": SHARED_PROVIDER_TYPE,
+    _field(POSTGRES_DSN_VAR): Expressions.env(POSTGRES_DSN_VAR, ""),
+    _field(POSTGRES_PASSWORD_FILE_VAR): Expressions.env(POSTGRES_PASSWORD_FILE_VAR, ""),
 }
 
 
@@ -106,12 +119,69 @@ class SQLCipherStorageProviderFactory(StorageProviderFactory):
         )
 
 
+class SharedStateStorageProviderConfig(SQLCipherStorageProviderConfig):
+    """A replica's own files (as above) plus the shared state's PostgreSQL server."""
+
+    type: str = SHARED_PROVIDER_TYPE
+
+    postgres_dsn: str = Field(default="", description="libpq connection string, no password")
+    postgres_password_file: str = Field(default="", description="file holding the password")
+
+
+class SharedStateStorageProviderFactory(StorageProviderFactory):
+    """Builds :class:`SharedStateStorageProvider` (profile ``encrypted-postgres``)."""
+
+    async def create(
+        self,
+        config: SharedStateStorageProviderConfig | dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> StorageProvider:
+        settings = (
+            config
+            if isinstance(config, SharedStateStorageProviderConfig)
+            else SharedStateStorageProviderConfig.model_validate(config or {})
+        )
+        from pathlib import Path
+
+        from persistent_agent.errors import ConfigError
+        from persistent_agent.keys.secret_files import read_private
+        from persistent_agent.storage.provider import SQLCipherStorageProvider
+        from persistent_agent.storage.shared_provider import SharedStateStorageProvider
+        from persistent_agent.storage.shared_state import SharedState
+
+        if not settings.postgres_dsn:
+            raise ConfigError(
+                f"{POSTGRES_DSN_VAR} is not set; the {SHARED_PROFILE_NAME} profile needs the "
+                "PostgreSQL server of the shared state (see docs/replicas.md)"
+            )
+        password = (
+            read_private(Path(settings.postgres_password_file), POSTGRES_PASSWORD_FILE_VAR)
+            if settings.postgres_password_file
+            else None
+        )
+        local = await SQLCipherStorageProviderFactory().create(settings)
+        if not isinstance(local, SQLCipherStorageProvider):  # pragma: no cover
+            raise TypeError("the SQLCipher factory made no SQLCipher provider")
+        try:
+            shared = await SharedState.open(settings.postgres_dsn, password, local.key_source)
+        except BaseException:
+            local.close()
+            raise
+        return SharedStateStorageProvider(local, shared)
+
+
 def register_encrypted_sqlite_profile() -> None:
     """Point the ``encrypted-sqlite`` storage profile at SQLCipher (idempotent)."""
     register_profile(
         PROFILE_BASE_TYPE,
         PROFILE_NAME,
         ENCRYPTED_SQLITE_PROFILE,
+        RegisterProfileOptions(allow_override=True, source="persistent-agent"),
+    )
+    register_profile(
+        PROFILE_BASE_TYPE,
+        SHARED_PROFILE_NAME,
+        ENCRYPTED_POSTGRES_PROFILE,
         RegisterProfileOptions(allow_override=True, source="persistent-agent"),
     )
 

@@ -1,0 +1,246 @@
+"""A PostgreSQL server owned by the project, for `make demo-replicas` and the tests.
+
+The server binaries come from the ``pgserver`` wheel (PostgreSQL 16, installed
+with the project); only its binaries are used. The server listens on a
+loopback TCP port only (no Unix socket), with password authentication, and
+keeps its data in a directory of ours (``data/postgres`` for the demo).
+
+PostgreSQL refuses to run as root. Run as root (as CI does), the server runs
+as the unprivileged user ``nobody`` instead; that user could not reach a data
+directory under a private checkout (a ``mktemp -d`` is 0700), so the server
+starts in a mount namespace of its own where the data directory and the
+binaries are bind-mounted at fresh paths under /tmp. No permission of the
+user's directories is changed; only the data directory itself is given to
+``nobody``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from persistent_agent.errors import LocalNodeError
+from persistent_agent.keys.secret_files import write_private
+
+SUPERUSER = "postgres"
+UNPRIVILEGED = "nobody"
+START_TIMEOUT = 60.0
+
+
+def binaries() -> Path:
+    """The directory of the PostgreSQL binaries that installed with the project."""
+    spec = importlib.util.find_spec("pgserver")
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalNodeError(
+            "the PostgreSQL server binaries (package pgserver) are not installed; "
+            "run `make install`"
+        )
+    bin_dir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+    if not (bin_dir / "postgres").is_file():
+        raise LocalNodeError(f"no postgres binary in {bin_dir}; reinstall with `make install`")
+    return bin_dir
+
+
+def _fill(argv: list[str], bin_dir: Path, data_dir: Path) -> list[str]:
+    return [a.replace("{bin}", str(bin_dir)).replace("{data}", str(data_dir)) for a in argv]
+
+
+def _reachable(path: Path) -> bool:
+    """Whether any user can walk down to *path* (every directory on the way is o+x)."""
+    return all(p.stat().st_mode & 0o001 for p in [path.resolve(), *path.resolve().parents])
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class PostgresServer:
+    """One server: *data_dir* holds the cluster, *password_file* the superuser's password."""
+
+    data_dir: Path
+    password_file: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    log_file: Path | None = None
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _mounts: list[Path] = field(default_factory=list, repr=False)
+
+    @property
+    def cluster(self) -> Path:
+        return self.data_dir / "cluster"
+
+    def dsn(self, database: str = "postgres", host: str | None = None) -> str:
+        return f"host={host or self.host} port={self.port} user={SUPERUSER} dbname={database}"
+
+    def password(self) -> str:
+        return self.password_file.read_text().strip()
+
+    # ------------------------------------------------------------ running as whom
+
+    def _as_root(self) -> bool:
+        return os.geteuid() == 0
+
+    def _command(self, argv: list[str], data_dir: Path) -> list[str]:
+        """*argv* (binaries under ``{bin}``, data under ``{data}``) as the right user."""
+        bin_dir = binaries()
+        if not self._as_root():
+            return _fill(argv, bin_dir, data_dir)
+        drop = ["setpriv", f"--reuid={UNPRIVILEGED}", "--regid=nogroup", "--clear-groups",
+                "--inh-caps=-all"]  # fmt: skip
+        # site-packages holds both pginstall/ and the wheel's shared libraries.
+        site = bin_dir.parents[2]
+        if _reachable(site) and _reachable(data_dir):
+            return [*drop, *_fill(argv, bin_dir, data_dir)]
+        lib_mount = Path(tempfile.mkdtemp(prefix="pa-postgres-lib-"))
+        data_at = Path(tempfile.mkdtemp(prefix="pa-postgres-data-"))
+        self._mounts += [lib_mount, data_at]
+        script = 'mount --bind "$1" "$2" && mount --bind "$3" "$4" && shift 4 && exec "$@"'
+        return [
+            "unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-c", script, "sh", str(site), str(lib_mount), str(data_dir), str(data_at),
+            *drop, *_fill(argv, lib_mount / bin_dir.relative_to(site), data_at),
+        ]  # fmt: skip
+
+    def _own(self, path: Path) -> None:
+        if self._as_root():
+            shutil.chown(path, UNPRIVILEGED, "nogroup")
+
+    # ------------------------------------------------------------ lifecycle
+
+    def initialised(self) -> bool:
+        return (self.cluster / "PG_VERSION").is_file()
+
+    def init(self) -> None:
+        """Make the cluster (once) and its superuser password file (0600)."""
+        if self.initialised():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.password_file.exists():
+            write_private(self.password_file, secrets.token_urlsafe(24) + "\n")
+        self.cluster.mkdir(mode=0o700, exist_ok=True)
+        self._own(self.cluster)
+        # initdb reads the password from a file; this copy lives only while it runs.
+        pwfile = self.data_dir / ".initdb-password"
+        write_private(pwfile, self.password() + "\n")
+        self._own(pwfile)
+        command = self._command(
+            [
+                "{bin}/initdb", "-D", "{data}/cluster", "-U", SUPERUSER, "--auth=scram-sha-256",
+                "--pwfile={data}/.initdb-password", "--encoding=UTF8", "--no-instructions",
+            ],
+            self.data_dir,
+        )  # fmt: skip
+        try:
+            done = subprocess.run(command, capture_output=True, check=False)
+        finally:
+            pwfile.unlink(missing_ok=True)
+            self._unmount_points()
+        if done.returncode != 0:
+            raise LocalNodeError(
+                "initdb failed: " + done.stderr.decode(errors="replace").strip()[-400:]
+            )
+        # Password logins from any address the server listens on (loopback
+        # unless told otherwise); initdb's own lines cover only loopback.
+        with open(self.cluster / "pg_hba.conf", "a") as hba:
+            hba.write("host all all all scram-sha-256\n")
+
+    def start(self) -> None:
+        """Start the server on *port* (a free one when 0) and wait until it accepts logins."""
+        self.init()
+        if not self.port:
+            self.port = free_port(self.host.split(",")[0])
+        log = self.log_file or self.data_dir / "postgres.log"
+        command = self._command(
+            [
+                "{bin}/postgres", "-D", "{data}/cluster", "-h", self.host, "-p", str(self.port),
+                "-k", "", "-c", "max_connections=100",
+            ],
+            self.data_dir,
+        )  # fmt: skip
+        with open(log, "ab") as out:
+            self._process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.wait_ready(log)
+
+    def wait_ready(self, log: Path) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self._process is not None and self._process.poll() is not None:
+                tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+                raise LocalNodeError(
+                    f"PostgreSQL exited with {self._process.returncode}: " + " | ".join(tail)
+                )
+            try:
+                with psycopg.connect(self.dsn(), password=self.password(), connect_timeout=2):
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise LocalNodeError(
+                        f"PostgreSQL did not accept connections on {self.host}:{self.port} "
+                        f"within {START_TIMEOUT:g}s; see {log}"
+                    ) from None
+                time.sleep(0.1)
+
+    def create_database(self, name: str, *, fresh: bool = False) -> str:
+        """Make database *name* (dropped first if *fresh*); returns its DSN."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn(), password=self.password(), autocommit=True) as conn:
+            if fresh:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
+            ).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.dsn(name)
+
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT to the postmaster), then wait for it."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            # The postmaster is the exec'd child of unshare/sh: same pid.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, 2)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+                process.wait()
+        self._unmount_points()
+
+    def _unmount_points(self) -> None:
+        # The bind mounts live only in the server's namespace and vanish with
+        # it; what is left in /tmp is the empty directories they were made on.
+        for point in self._mounts:
+            with contextlib.suppress(OSError):
+                point.rmdir()
+        self._mounts.clear()
+
+    def __enter__(self) -> PostgresServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,589 @@
+"""Agent state shared by replicas on several hosts: PostgreSQL, encrypted before it leaves the node.
+
+The server sees only what it needs to serve compare-and-set: per row, an HMAC
+of the namespace, an HMAC of the key, a version number and a sealed blob.
+
+* **Keys.** One random data key (AES-256-GCM) and one random HMAC key, made
+  by the first replica that starts and stored in ``pa_keyring`` wrapped by the
+  master key, as the local keyrings are (``keys.keyring``). A replica whose
+  master key does not unwrap them stops before it writes anything.
+* **Rows** (``pa_state``). The blob is ``nonce || AES-GCM(data key, {key,
+  value})`` with the namespace HMAC, key HMAC and version as associated data:
+  a blob copied to another row, or a version edited by hand, does not decrypt.
+  A whole row put back to an older valid copy (blob and version together) is
+  not detected: that needs a trusted counter outside the database.
+* **Versions.** Every write is compare-and-set on the version it read
+  (``UPDATE … WHERE version = expected``); a write that lost the race says so
+  and the caller reads again.
+* **Requests** (``pa_requests``). An idempotent call stores its request id
+  (as an HMAC) and its sealed result in the same transaction as the state
+  change, so a retried id returns the first result instead of applying twice.
+  Entries older than :data:`REQUEST_WINDOW` are pruned.
+* **Liveness.** Each replica holds a shared advisory lock for as long as it
+  runs; tools that need every replica stopped take it exclusively.
+
+Connections come from a ``psycopg_pool`` pool that checks each connection
+before lending it and reconnects by itself: while the server is down, calls
+fail with :class:`SharedStateUnavailableError`, and work again once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+
+import psycopg
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from naylence.fame.storage.key_value_store import KeyValueStore
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from pydantic import BaseModel
+
+from persistent_agent.errors import (
+    SharedRowError,
+    SharedStateError,
+    SharedStateUnavailableError,
+)
+from persistent_agent.keys.custody import KeySource
+from persistent_agent.keys.keyring import NONCE_BYTES, KeyWrapper
+from persistent_agent.keys.master_key import KEY_BYTES
+
+V = TypeVar("V", bound=BaseModel)
+
+KEYRING_TABLE = "pa_keyring"
+ROWS_TABLE = "pa_state"
+REQUESTS_TABLE = "pa_requests"
+# The names of the two shared keys in pa_keyring.
+KEY_NAMES = ("data", "hmac")
+# Kept far longer than a client retries one call (caller.INCREMENT_DEADLINE).
+REQUEST_WINDOW_SECONDS = 3600
+# Advisory lock ids (pg_advisory_lock takes a bigint): "pa" + purpose.
+SCHEMA_LOCK = 0x7061_0001
+REPLICAS_LOCK = 0x7061_0002
+CONNECT_TIMEOUT = 5.0
+# How long a call waits for a connection: below the client's per-try timeout,
+# so that an outage reaches the caller as its own error, not as a timeout.
+CHECKOUT_TIMEOUT = 1.5
+# Once a call found the server gone, calls fail at once (rather than each
+# waiting out CHECKOUT_TIMEOUT in turn) while a probe tries it this often.
+PROBE_INTERVAL = 0.25
+KEYRING_FORMAT = 1
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS pa_keyring ("
+    " name text PRIMARY KEY, wrapped text NOT NULL, wrapped_by text NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS pa_state ("
+    " namespace bytea NOT NULL, key bytea NOT NULL, version bigint NOT NULL,"
+    " sealed bytea NOT NULL, PRIMARY KEY (namespace, key))",
+    "CREATE TABLE IF NOT EXISTS pa_requests ("
+    " id bytea PRIMARY KEY, sealed bytea NOT NULL,"
+    " created_at timestamptz NOT NULL DEFAULT now())",
+)
+
+
+def describe(dsn: str) -> str:
+    """The server and database of *dsn*, without user or password, for messages."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "the PostgreSQL server in FAME_STORAGE_POSTGRES_DSN"
+    host, port, dbname = info.get("host", "localhost"), info.get("port", "5432"), info.get("dbname")
+    return f"PostgreSQL at {host}:{port}" + (f" (database {dbname})" if dbname else "")
+
+
+def _keyring_ad(name: str, fingerprint: str) -> bytes:
+    return json.dumps(
+        ["persistent-agent shared keyring", KEYRING_FORMAT, name, fingerprint],
+        separators=(",", ":"),
+    ).encode("utf-8")
+
+
+@dataclass(frozen=True, repr=False)
+class StateKeys:
+    """The unwrapped shared keys: AES-256-GCM for blobs, HMAC-SHA256 for names."""
+
+    data_key: bytes
+    hmac_key: bytes
+    _aead: AESGCM = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_aead", AESGCM(self.data_key))
+
+    def __repr__(self) -> str:
+        return "StateKeys(…)"
+
+    def mac(self, kind: str, *parts: str) -> bytes:
+        message = json.dumps([kind, *parts], separators=(",", ":")).encode("utf-8")
+        return hmac.new(self.hmac_key, message, hashlib.sha256).digest()
+
+    def seal(self, plaintext: bytes, associated_data: bytes) -> bytes:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, plaintext, associated_data)
+
+    def open(self, sealed: bytes, associated_data: bytes) -> bytes:
+        return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated_data)
+
+
+def _row_ad(namespace_mac: bytes, key_mac: bytes, version: int) -> bytes:
+    return b"pa-state\x00" + namespace_mac + key_mac + version.to_bytes(8, "big")
+
+
+def _request_ad(id_mac: bytes) -> bytes:
+    return b"pa-request\x00" + id_mac
+
+
+@dataclass(frozen=True)
+class Row:
+    """One decrypted row: its real key, its value (JSON text) and its version."""
+
+    key: str
+    value: str
+    version: int
+
+
+class _Lost(Exception):
+    """A compare-and-set lost its race (rolls the transaction back)."""
+
+
+class SharedState:
+    """The shared state in one PostgreSQL database, for one replica."""
+
+    def __init__(self, pool: AsyncConnectionPool, keys: StateKeys, where: str) -> None:
+        self._pool = pool
+        self._keys = keys
+        self.where = where
+        self._writes = 0
+        self._liveness: asyncio.Task[None] | None = None
+        self._outage: str | None = None  # why calls fail now, until the probe gets through
+        self._probe: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        password: str | None,
+        source: KeySource,
+        *,
+        max_size: int = 4,
+        hold_replica_lock: bool = True,
+    ) -> SharedState:
+        """Connect, make the tables and keys if this is the first replica, unwrap the keys.
+
+        Fails with one line, before writing anything, when the server cannot
+        be reached or the master key is not the one the shared keys were made with.
+        """
+        where = describe(dsn)
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)}
+        if password is not None:
+            kwargs["password"] = password
+        pool = AsyncConnectionPool(
+            dsn,
+            kwargs=kwargs,
+            min_size=1,
+            max_size=max_size,
+            timeout=CHECKOUT_TIMEOUT,
+            reconnect_timeout=365 * 24 * 3600,  # never give up: the server comes back
+            check=AsyncConnectionPool.check_connection,
+            open=False,
+            name="persistent-agent-shared-state",
+        )
+        try:
+            await pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
+        except PoolTimeout:
+            await pool.close()
+            raise SharedStateUnavailableError(
+                f"{SharedStateUnavailableError.PREFIX}: cannot connect to {where} "
+                f"within {CONNECT_TIMEOUT * 2:g}s; is the server running, and are "
+                "FAME_STORAGE_POSTGRES_DSN and the password file right?"
+            ) from None
+        try:
+            keys = await _load_keys(pool, source.wrapper, where)
+        except BaseException:
+            await pool.close()
+            raise
+        state = cls(pool, keys, where)
+        if hold_replica_lock:
+            state._liveness = asyncio.create_task(state._hold_replica_lock(kwargs, dsn))
+        return state
+
+    async def close(self) -> None:
+        for task in (self._liveness, self._probe):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._liveness = self._probe = None
+        await self._pool.close()
+
+    async def _hold_replica_lock(self, kwargs: dict[str, Any], dsn: str) -> None:
+        """Hold the shared replicas lock on a connection of its own; retake it after an outage."""
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(dsn, **kwargs) as conn:
+                    await conn.execute("SELECT pg_advisory_lock_shared(%s)", (REPLICAS_LOCK,))
+                    while True:
+                        await asyncio.sleep(2.0)
+                        await conn.execute("SELECT 1")
+            except psycopg.Error:
+                await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------ access
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        if self._outage is not None:
+            raise SharedStateUnavailableError(self._outage)
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout:
+            raise self._unavailable(
+                f"does not answer (no connection within {CHECKOUT_TIMEOUT:g}s)"
+            ) from None
+        except psycopg.OperationalError as exc:
+            text = str(exc).strip()
+            raise self._unavailable(
+                f"failed ({text.splitlines()[0] if text else type(exc).__name__})"
+            ) from None
+
+    def _unavailable(self, what: str) -> SharedStateUnavailableError:
+        self._outage = (
+            f"{SharedStateUnavailableError.PREFIX}: {self.where} {what}; the replica "
+            "reconnects by itself once it is back"
+        )
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._probe_until_back())
+        return SharedStateUnavailableError(self._outage)
+
+    async def _probe_until_back(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            try:
+                async with self._pool.connection(timeout=CHECKOUT_TIMEOUT) as conn:
+                    await conn.execute("SELECT 1")
+            except (PoolTimeout, psycopg.Error):
+                continue
+            self._outage = None
+            return
+
+    def _names(self, namespace: str, key: str) -> tuple[bytes, bytes]:
+        return self._keys.mac("namespace", namespace), self._keys.mac("key", namespace, key)
+
+    def _open_row(
+        self,
+        namespace: str,
+        ns_mac: bytes,
+        key_mac: bytes,
+        version: int,
+        sealed: bytes,
+        expected_key: str | None,
+    ) -> Row:
+        try:
+            plain = json.loads(self._keys.open(bytes(sealed), _row_ad(ns_mac, key_mac, version)))
+            key, value = plain["key"], plain["value"]
+        except (InvalidTag, ValueError, KeyError, TypeError):
+            raise SharedRowError(
+                f"row {_row_name(namespace, expected_key, key_mac)} (version {version}) in "
+                f"{self.where} does not decrypt: it was altered, or copied from another row "
+                "or version; nothing was changed"
+            ) from None
+        if (expected_key is not None and key != expected_key) or (
+            self._keys.mac("key", namespace, key) != bytes(key_mac)
+        ):
+            raise SharedRowError(
+                f"row {_row_name(namespace, expected_key, key_mac)} in {self.where} holds "
+                "another key's value; nothing was changed"
+            )
+        return Row(key, value, version)
+
+    async def read(self, namespace: str, key: str) -> Row | None:
+        ns_mac, key_mac = self._names(namespace, key)
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT version, sealed FROM pa_state WHERE namespace = %s AND key = %s",
+                (ns_mac, key_mac),
+            )
+            found = await cur.fetchone()
+        if found is None:
+            return None
+        version, sealed = found
+        return self._open_row(namespace, ns_mac, key_mac, version, sealed, key)
+
+    async def write(
+        self,
+        namespace: str,
+        key: str,
+        value: str,
+        expected: int,
+        request: tuple[str, str] | None = None,
+    ) -> bool:
+        """Store *value* if the row is still at version *expected* (0: absent).
+
+        With *request* (id, result JSON), also record the result under the id,
+        in the same transaction. False when another write (or the same request
+        id) got there first; nothing is changed then.
+        """
+        ns_mac, key_mac = self._names(namespace, key)
+        version = expected + 1
+        plaintext = json.dumps({"key": key, "value": value}, separators=(",", ":")).encode()
+        sealed = self._keys.seal(plaintext, _row_ad(ns_mac, key_mac, version))
+        try:
+            async with self._connection() as conn, conn.transaction():
+                if expected == 0:
+                    cur = await conn.execute(
+                        "INSERT INTO pa_state (namespace, key, version, sealed) "
+                        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        (ns_mac, key_mac, version, sealed),
+                    )
+                else:
+                    cur = await conn.execute(
+                        "UPDATE pa_state SET version = %s, sealed = %s "
+                        "WHERE namespace = %s AND key = %s AND version = %s",
+                        (version, sealed, ns_mac, key_mac, expected),
+                    )
+                if cur.rowcount != 1:
+                    raise _Lost
+                if request is not None:
+                    request_id, result = request
+                    id_mac = self._keys.mac("request", request_id)
+                    cur = await conn.execute(
+                        "INSERT INTO pa_requests (id, sealed) VALUES (%s, %s) "
+                        "ON CONFLICT DO NOTHING",
+                        (id_mac, self._keys.seal(result.encode(), _request_ad(id_mac))),
+                    )
+                    if cur.rowcount != 1:
+                        raise _Lost
+                    self._writes += 1
+                    if self._writes % 256 == 0:
+                        await conn.execute(
+                            "DELETE FROM pa_requests "
+                            "WHERE created_at < now() - make_interval(secs => %s)",
+                            (REQUEST_WINDOW_SECONDS,),
+                        )
+        except _Lost:
+            return False
+        return True
+
+    async def request_result(self, request_id: str) -> str | None:
+        """The result recorded for *request_id*, if a call with it was applied."""
+        id_mac = self._keys.mac("request", request_id)
+        async with self._connection() as conn:
+            cur = await conn.execute("SELECT sealed FROM pa_requests WHERE id = %s", (id_mac,))
+            found = await cur.fetchone()
+        if found is None:
+            return None
+        try:
+            return self._keys.open(bytes(found[0]), _request_ad(id_mac)).decode()
+        except InvalidTag:
+            raise SharedRowError(
+                f"the recorded result of request {request_id} in {self.where} does not "
+                "decrypt: it was altered or copied; nothing was changed"
+            ) from None
+
+    async def delete(self, namespace: str, key: str) -> None:
+        ns_mac, key_mac = self._names(namespace, key)
+        async with self._connection() as conn:
+            await conn.execute(
+                "DELETE FROM pa_state WHERE namespace = %s AND key = %s", (ns_mac, key_mac)
+            )
+
+    async def rows(self, namespace: str) -> list[Row]:
+        """Every row of *namespace*, decrypted; any row that does not decrypt is an error."""
+        ns_mac = self._keys.mac("namespace", namespace)
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT key, version, sealed FROM pa_state WHERE namespace = %s ORDER BY key",
+                (ns_mac,),
+            )
+            found = await cur.fetchall()
+        return [
+            self._open_row(namespace, ns_mac, bytes(key_mac), version, sealed, None)
+            for key_mac, version, sealed in found
+        ]
+
+    async def row_count(self) -> int:
+        async with self._connection() as conn:
+            cur = await conn.execute("SELECT count(*) FROM pa_state")
+            found = await cur.fetchone()
+        return int(found[0]) if found else 0
+
+
+def _row_name(namespace: str, key: str | None, key_mac: bytes) -> str:
+    return f"{namespace}/{key}" if key is not None else f"{namespace}/<key {key_mac.hex()[:12]}…>"
+
+
+async def _load_keys(pool: AsyncConnectionPool, wrapper: KeyWrapper, where: str) -> StateKeys:
+    """The shared keys: read and unwrapped, or made once by the first replica.
+
+    An existing keyring is checked before anything is written, so a replica
+    with the wrong master key writes nothing at all.
+    """
+    try:
+        async with pool.connection() as conn:
+            existing = await _keyring(conn)
+            if not existing:
+                async with conn.transaction():
+                    # Concurrent first starts: one makes the tables, the others wait here.
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                    for statement in _SCHEMA:
+                        await conn.execute(statement)
+                    for name in KEY_NAMES:
+                        fresh = secrets.token_bytes(KEY_BYTES)
+                        await conn.execute(
+                            "INSERT INTO pa_keyring (name, wrapped, wrapped_by) "
+                            "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                            (
+                                name,
+                                wrapper.wrap(fresh, _keyring_ad(name, wrapper.fingerprint)),
+                                wrapper.fingerprint,
+                            ),
+                        )
+                existing = await _keyring(conn)
+    except psycopg.OperationalError as exc:
+        raise SharedStateUnavailableError(
+            f"{SharedStateUnavailableError.PREFIX}: {where} failed while loading the shared "
+            f"keys ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})"
+        ) from None
+    unwrapped: dict[str, bytes] = {}
+    for name in KEY_NAMES:
+        if name not in existing:
+            raise SharedStateError(
+                f"the shared keyring in {where} has no '{name}' key; it is damaged "
+                "(nothing was changed)"
+            )
+        wrapped, wrapped_by = existing[name]
+        if wrapped_by != wrapper.fingerprint:
+            raise SharedStateError(
+                f"the shared state in {where} was made under master key {wrapped_by}; this "
+                f"replica's key is {wrapper.fingerprint}. Give every replica the same key "
+                "(config/master.key); nothing was written"
+            )
+        try:
+            unwrapped[name] = wrapper.unwrap(wrapped, _keyring_ad(name, wrapped_by))
+        except InvalidTag:
+            raise SharedStateError(
+                f"the shared '{name}' key in {where} does not unwrap with this replica's master "
+                "key; the keyring was altered or copied from elsewhere; nothing was written"
+            ) from None
+    return StateKeys(unwrapped["data"], unwrapped["hmac"])
+
+
+async def _keyring(conn: psycopg.AsyncConnection[Any]) -> dict[str, tuple[str, str]]:
+    """The keyring's rows, or {} before the first replica made the tables."""
+    cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (KEYRING_TABLE,))
+    found = await cur.fetchone()
+    if not found or not found[0]:
+        return {}
+    cur = await conn.execute("SELECT name, wrapped, wrapped_by FROM pa_keyring")
+    return {name: (wrapped, by) for name, wrapped, by in await cur.fetchall()}
+
+
+async def rewrap_keys(conn: psycopg.AsyncConnection[Any], old: KeyWrapper, new: KeyWrapper) -> int:
+    """Re-wrap the shared keys from *old* to *new* in one transaction; returns how many."""
+    async with conn.transaction():
+        cur = await conn.execute("SELECT name, wrapped, wrapped_by FROM pa_keyring FOR UPDATE")
+        entries = await cur.fetchall()
+        for name, wrapped, wrapped_by in entries:
+            if wrapped_by == new.fingerprint:
+                continue
+            key = old.unwrap(wrapped, _keyring_ad(name, wrapped_by))
+            await conn.execute(
+                "UPDATE pa_keyring SET wrapped = %s, wrapped_by = %s WHERE name = %s",
+                (new.wrap(key, _keyring_ad(name, new.fingerprint)), new.fingerprint, name),
+            )
+    return len(entries)
+
+
+# ---------------------------------------------------------------- the runtime's view
+
+
+@runtime_checkable
+class VersionedStore(Protocol):
+    """A store whose writes are compare-and-set, and which remembers request results."""
+
+    async def read_versioned(self, key: str) -> tuple[str | None, int]: ...
+
+    async def write_versioned(
+        self, key: str, value: str, expected: int, request: tuple[str, str] | None = None
+    ) -> bool: ...
+
+    async def request_result(self, request_id: str) -> str | None: ...
+
+
+class SharedKeyValueStore(KeyValueStore[V], Generic[V]):
+    """A namespace of the shared state, as the runtime's ``KeyValueStore``.
+
+    The plain ``set`` is last-writer-wins (it retries its own compare-and-set);
+    the agent's transactions use the versioned methods instead.
+    """
+
+    def __init__(self, state: SharedState, model_cls: type[V], namespace: str) -> None:
+        self._state = state
+        self._model_cls = model_cls
+        self._namespace = namespace
+
+    def _dump(self, value: V) -> str:
+        if not isinstance(value, self._model_cls):
+            source = value.model_dump() if isinstance(value, BaseModel) else value
+            value = self._model_cls.model_validate(source)
+        return value.model_dump_json(by_alias=True)
+
+    async def read_versioned(self, key: str) -> tuple[str | None, int]:
+        row = await self._state.read(self._namespace, key)
+        return (None, 0) if row is None else (row.value, row.version)
+
+    async def write_versioned(
+        self, key: str, value: str, expected: int, request: tuple[str, str] | None = None
+    ) -> bool:
+        return await self._state.write(self._namespace, key, value, expected, request)
+
+    async def request_result(self, request_id: str) -> str | None:
+        return await self._state.request_result(request_id)
+
+    async def set(self, key: str, value: V | None) -> None:
+        if value is None:
+            await self.delete(key)
+            return
+        text = self._dump(value)
+        for _ in _forever():
+            _, version = await self.read_versioned(key)
+            if await self.write_versioned(key, text, version):
+                return
+
+    async def update(self, key: str, value: V) -> None:
+        text = self._dump(value)
+        for _ in _forever():
+            _, version = await self.read_versioned(key)
+            if version == 0:
+                raise KeyError(f"Key '{key}' not found for update.")
+            if await self.write_versioned(key, text, version):
+                return
+
+    async def get(self, key: str) -> V | None:
+        text, _ = await self.read_versioned(key)
+        return None if text is None else self._model_cls.model_validate_json(text)
+
+    async def delete(self, key: str) -> None:
+        await self._state.delete(self._namespace, key)
+
+    async def list(self) -> dict[str, V]:
+        return {
+            row.key: self._model_cls.model_validate_json(row.value)
+            for row in await self._state.rows(self._namespace)
+        }
+
+
+def _forever() -> Iterator[int]:
+    attempt = 0
+    while True:
+        yield attempt
+        attempt += 1
