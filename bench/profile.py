@@ -89,12 +89,14 @@ async def load(url: str, calls: int, concurrency: int) -> None:
     from persistent_agent import AGENT_ADDR
     from persistent_agent.node import logs
     from persistent_agent.node.caller import use_unique_node_id
+    from persistent_agent.node.logs import drop_noop_tracing
 
     os.environ["FAME_DIRECT_ADMISSION_URL"] = url
     os.environ["FAME_STORAGE_PROFILE"] = "memory"
     use_unique_node_id()
     logs.install()  # as persistent-agent-client does: disabled levels cost nothing
-    async with FameFabric.create(root_config=configs.CLIENT_CONFIG):
+    async with FameFabric.create(root_config=configs.CLIENT_CONFIG) as fabric:
+        drop_noop_tracing(fabric.node)  # as node.caller does
         call = _agent_call(Agent.remote_by_address(AGENT_ADDR))
         await _first_answer(call)
         for i in range(50):

@@ -204,6 +204,7 @@ async def _rpc_interleaved(
     from relay import Client
 
     from persistent_agent import AGENT_ADDR
+    from persistent_agent.node.logs import drop_noop_tracing
 
     samples: dict[str, list[float]] = {}
     elapsed: dict[str, float] = {}
@@ -214,6 +215,8 @@ async def _rpc_interleaved(
             fabric = await stack.enter_async_context(
                 FameFabric.create(root_config=configs.CLIENT_CONFIG)
             )
+            if name != UPSTREAM:  # our client's side, as node.caller sets it up
+                drop_noop_tracing(fabric.node)
             targets[name] = _agent_call(Agent.remote_by_address(AGENT_ADDR, fabric=fabric))
         relay = await Client.connect(relay_url)
         stack.push_async_callback(relay.close)
@@ -418,6 +421,38 @@ def table(storage: dict[str, Any], rpc: dict[str, Any], startup: dict[str, float
     return "\n".join(lines)
 
 
+def shared_table(shared: dict[str, Any], rpc: dict[str, Any]) -> str:
+    """The encrypted-postgres rows beside the local SQLCipher ones and the raw limit."""
+    lines = [
+        "### Shared state (encrypted-postgres): increment(1) through sentinel and replicas",
+        "",
+        "| target, load | p50 ms | p99 ms | increments/s | conflict retries |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {k} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['req_per_s']:,.0f} "
+        f"| {v['conflict_retries']:.0f} |"
+        for k, v in shared.items()
+    ]
+    local = rpc.get("encrypted-sqlite, sequential")
+    one = shared.get("shared state, 1 replica, sequential")
+    raw = shared.get("raw psycopg round trip (limit), sequential")
+    two, one_par = (
+        shared.get("shared state, 2 replicas, 32 concurrent"),
+        shared.get("shared state, 1 replica, 32 concurrent"),
+    )
+    if local and one and raw and two and one_par:
+        lines += [
+            "",
+            f"1 replica / local encrypted-sqlite p50 (sequential): "
+            f"{one['p50_ms'] / local['p50_ms']:.2f}x; "
+            f"shared p50 minus raw round trip: {one['p50_ms'] - raw['p50_ms']:.2f} ms; "
+            f"2 replicas / 1 replica increments/s (32 concurrent): "
+            f"{two['req_per_s'] / one_par['req_per_s']:.2f}x",
+        ]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer operations (smoke run)")
@@ -429,8 +464,11 @@ def main() -> int:
     logs.install()  # the client side drops disabled log levels, as our client does
     storage = asyncio.run(bench_storage(args.quick))
     rpc = bench_rpc(args.quick)
+    from shared import bench_shared
+
+    shared = bench_shared(args.quick, lambda root: _nodes(root, "encrypted-sqlite"))
     startup = bench_startup()
-    report = table(storage, rpc, startup)
+    report = table(storage, rpc, startup) + "\n\n" + shared_table(shared, rpc)
     print(report)
 
     from importlib.metadata import version
@@ -447,6 +485,7 @@ def main() -> int:
         "sqlcipher3": version("sqlcipher3"),
         "storage": storage,
         "rpc": rpc,
+        "shared_state": shared,
         "startup_s": startup,
     }
     (args.out / f"bench-{stamp}.json").write_text(json.dumps(doc, indent=2))

@@ -40,6 +40,7 @@ NEEDS: dict[str, set[str]] = {
     "backup": {"install"},
     "restore": {"install"},
     "rotate-key": {"install"},
+    "migrate-state": {"install"},
     "test": {"install"},
     "test-unit": {"install"},
     "test-e2e": {"install"},
@@ -50,7 +51,10 @@ NEEDS: dict[str, set[str]] = {
     "clean": set(),
 }
 # Operator tools read keys, they never create one as a side effect.
-NO_INIT = {"verify", "inspect", "backup", "restore", "rotate-key", "local-stop", "local-status"}
+NO_INIT = {
+    "verify", "inspect", "backup", "restore", "rotate-key", "migrate-state", "local-stop",
+    "local-status",
+}  # fmt: skip
 STEPS = {
     "install": re.compile(r"-m venv .*\n(.*\n)*.*pip install"),
     "init": re.compile(r"gen_master_key\.py"),

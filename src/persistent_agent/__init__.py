@@ -37,7 +37,8 @@ above it in this list (``make lint`` checks it), then the entry points.
   ``ops.rotation``: rotate-key;
   ``ops.local_nodes``: the nodes as local processes;
   ``ops.postgres_server``: a PostgreSQL server of the project's own;
-  ``ops.replicas``: agent replicas as local processes (demo-replicas).
+  ``ops.replicas``: agent replicas as local processes (demo-replicas);
+  ``ops.shared_tools``: the tools' side of the shared state.
 - ``client``: the client entry point; ``__main__``: the agent entry point.
 
 Nothing in this ``__init__`` imports a third-party package: ``make init``

@@ -200,12 +200,14 @@ def test_replicas_on_separate_hosts_reach_postgres_over_the_network(
             replica: address for replica, (_, address) in zip(nodes.replicas, hosts, strict=True)
         }
 
+        port = nodes.port
+
         def env(role: str) -> dict[str, str]:
             values = base_env(role)
             if role in outside:  # this replica's way to the others: its veth link
                 address = outside[role]
                 values["FAME_DIRECT_ADMISSION_URL"] = (
-                    f"ws://{address}:{nodes.port}/fame/v1/attach/ws/downstream"  # type: ignore[union-attr]
+                    f"ws://{address}:{port}/fame/v1/attach/ws/downstream"
                 )
                 values["FAME_STORAGE_POSTGRES_DSN"] = server.dsn("hosts", host=address)
             return values

@@ -56,3 +56,27 @@ def test_a_logger_obtained_before_startup_is_filtered(monkeypatch: Any) -> None:
     assert seen == ["loud_event"]
     assert structlog.get_config()["processors"][0] is structlog.stdlib.filter_by_level
     assert os.environ["FAME_STORAGE_PROFILE"] == "memory"
+
+
+def test_a_disabled_level_never_reaches_the_processors() -> None:
+    """Loggers ask the standard-library level first (LevelFirstBoundLogger): with
+    filter_by_level taken out of the chain, a disabled debug or trace call still reaches
+    no processor, and an enabled one goes through the whole chain."""
+    logs.install()
+    assert structlog.get_config()["wrapper_class"] is logs.LevelFirstBoundLogger
+    logger = getLogger("naylence.fame.test_level_first")
+    seen = _spy_chain()  # without filter_by_level: only the logger's own check remains
+    naylence = logging.getLogger("naylence")
+    before = naylence.level
+    try:
+        naylence.setLevel(logging.INFO)
+        logger.debug("quiet_debug")
+        logger.trace("quiet_trace")
+        logger.info("info_event")
+        naylence.setLevel(logs.TRACE)
+        logger.debug("debug_event")
+        logger.trace("trace_event")
+    finally:
+        naylence.setLevel(before)
+        logs.install()
+    assert seen == ["info_event", "debug_event", "trace_event"]

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from persistent_agent.errors import BackupError, KeyringError, ServicesRunningError, WrongKeyError
+from persistent_agent.errors import (
+    BackupError,
+    ConfigError,
+    KeyringError,
+    ServicesRunningError,
+    WrongKeyError,
+)
 from persistent_agent.keys.keyring import Keyring, LocalWrapper, derived_key
 from persistent_agent.keys.master_key import (
     MasterKey,
@@ -103,6 +109,20 @@ def test_rotate_key_with_a_wrong_key_writes_nothing(tree: Path) -> None:
         rotation.rotate(tree / "config", tree / "data", tree / "backups")
     assert checksums(tree / "config") == config_before
     assert checksums(tree / "data") == data_before
+
+
+def test_rotate_key_refuses_while_agent_replicas_keep_data(tree: Path) -> None:
+    """A replica's keyring (encrypted-postgres) would stay under the old key: refused, unchanged.
+    The demo's own scratch replicas (data/replicas) do not count."""
+    shutil.copytree(tree / "data" / "agent", tree / "data" / "replicas" / "replica-1")
+    shutil.copytree(tree / "data" / "agent", tree / "data" / "replica-2")
+    config_before, data_before = checksums(tree / "config"), checksums(tree / "data")
+    with pytest.raises(ConfigError, match=r"replica-2 holds an agent replica's keyring"):
+        rotation.rotate(tree / "config", tree / "data", tree / "backups")
+    assert checksums(tree / "config") == config_before
+    assert checksums(tree / "data") == data_before
+    shutil.rmtree(tree / "data" / "replica-2")
+    rotation.rotate(tree / "config", tree / "data", tree / "backups")
 
 
 def test_rotation_rewraps_backups_it_can_and_names_the_others(tree: Path) -> None:

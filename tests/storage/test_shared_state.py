@@ -18,7 +18,7 @@ from persistent_agent.storage.shared_state import SharedKeyValueStore, SharedSta
 
 from ..conftest import pg_dump
 
-SECRET = "the-secret-value-7f3a"
+SECRET = "the-secret-value-7f3a"  # noqa: S105 - a value to look for
 NAMESPACE = "agent_state"
 
 
@@ -70,12 +70,12 @@ async def test_a_ciphertext_moved_to_another_row_is_refused_naming_the_row(
     kv = store(state)
     await kv.set("a", Doc(value="A"))
     await kv.set("b", Doc(value="B"))
-    ns, key_b = state._names(NAMESPACE, "b")
+    _, key_b = state._names(NAMESPACE, "b")
     _, key_a = state._names(NAMESPACE, "a")
     sql(
         postgres,
         shared_dsn,
-        f"UPDATE pa_state SET sealed = (SELECT sealed FROM pa_state WHERE key = "
+        f"UPDATE pa_state SET sealed = (SELECT sealed FROM pa_state WHERE key = "  # noqa: S608
         f"'\\x{key_a.hex()}') WHERE key = '\\x{key_b.hex()}'",
     )
     with pytest.raises(SharedRowError, match=r"row agent_state/b \(version 1\).*does not decrypt"):
@@ -110,7 +110,7 @@ async def test_a_wrong_master_key_fails_before_writing_anything(
 async def test_compare_and_set_refuses_a_write_from_a_stale_read(state: SharedState) -> None:
     kv = store(state)
     await kv.set("a", Doc(value="first"))
-    text, version = await kv.read_versioned("a")
+    _, version = await kv.read_versioned("a")
     assert version == 1
     assert await kv.write_versioned("a", Doc(value="second").model_dump_json(), version)
     assert not await kv.write_versioned("a", Doc(value="stale").model_dump_json(), version)
@@ -145,7 +145,9 @@ async def test_concurrent_first_replicas_agree_on_the_keys(
             await each.close()
 
 
-async def test_an_unreachable_server_is_one_clear_line(tmp_path: Path, master_key: MasterKey) -> None:
+async def test_an_unreachable_server_is_one_clear_line(
+    tmp_path: Path, master_key: MasterKey
+) -> None:
     from persistent_agent.errors import SharedStateUnavailableError
     from persistent_agent.ops.postgres_server import free_port
 

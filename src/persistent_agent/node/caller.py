@@ -98,7 +98,10 @@ async def _session(value: str, deadline: float) -> tuple[Any, Any]:
     def limit() -> float:
         return max(min(_CALL_TIMEOUT, deadline - time.monotonic()), 0.1)
 
-    async with FameFabric.create(root_config=configs.CLIENT_CONFIG):
+    from persistent_agent.node.logs import drop_noop_tracing
+
+    async with FameFabric.create(root_config=configs.CLIENT_CONFIG) as fabric:
+        drop_noop_tracing(fabric.node)
         agent = Agent.remote_by_address(AGENT_ADDR)
         for i, (retrieve, store) in enumerate(OPERATION_NAMES):
             try:

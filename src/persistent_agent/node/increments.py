@@ -122,7 +122,10 @@ async def run(calls: int, concurrency: int, n: int = 1) -> Tally:
     caller.use_unique_node_id()
     tally = Tally()
     gate = asyncio.Semaphore(concurrency)
-    async with FameFabric.create(root_config=configs.CLIENT_CONFIG):
+    from persistent_agent.node.logs import drop_noop_tracing
+
+    async with FameFabric.create(root_config=configs.CLIENT_CONFIG) as fabric:
+        drop_noop_tracing(fabric.node)
         agent = Agent.remote_by_address(AGENT_ADDR)
 
         async def one() -> None:

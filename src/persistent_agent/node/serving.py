@@ -142,6 +142,7 @@ async def serve(start: Callable[[Any], Awaitable[None]], root_config: dict[str, 
     provider.on_storage_failure(storage_failed)
     ready_file = Path(os.environ[READY_FILE_VAR]) if os.environ.get(READY_FILE_VAR) else None
     async with FameFabric.get_or_create(root_config=root_config) as fabric:
+        logs.drop_noop_tracing(fabric.node)
         await start(fabric)
         try:
             while not failures:

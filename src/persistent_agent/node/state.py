@@ -146,7 +146,11 @@ class TransactionalAgent(BaseAgent[StateT]):
             raise RuntimeError("No state model configured")
         await self._ensure_state_store(self._state_model)
         store = self._state_store
-        return store if isinstance(store, VersionedStore) else None
+        # Decided once per store: a runtime protocol check costs on every call.
+        if getattr(self, "_shared_for", None) is not store:
+            self._shared_for = store
+            self._shared_store = store if isinstance(store, VersionedStore) else None
+        return self._shared_store
 
     async def _read(self) -> tuple[StateT, int]:
         """The current state and its version (0 for a local state, or none stored yet)."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from persistent_agent.errors import ConfigError, LocalNodeError, PersistentAgentError, report
-from persistent_agent.ops import backup, config_files, inspection, rotation
+from persistent_agent.ops import backup, config_files, inspection, rotation, shared_tools
 from persistent_agent.ops.local_nodes import LocalNodes
 from persistent_agent.storage.layout import NODE_ROLES
 
@@ -144,6 +144,26 @@ def _demo_replicas(args: argparse.Namespace) -> int:
     )  # fmt: skip
 
 
+@command("migrate-state", "persistent-agent-admin migrate-state", needs_config=True)
+def _migrate_state(args: argparse.Namespace) -> int:
+    """Copy the agent's local SQLCipher state into its shared state in PostgreSQL, once."""
+    from persistent_agent.node.agent import STATE_NAMESPACE
+
+    shared = shared_tools.shared_config(args.config_dir)
+    if shared is None:
+        raise ConfigError(
+            "config/.env.agent does not use the encrypted-postgres profile; set "
+            "FAME_STORAGE_PROFILE=encrypted-postgres and FAME_STORAGE_POSTGRES_DSN there first"
+        )
+    rows = inspection.namespace_rows(args.config_dir, args.data_dir, "agent", STATE_NAMESPACE)
+    moved = shared_tools.migrate(shared, rows, STATE_NAMESPACE)
+    print(
+        f"migrate-state: {moved} rows of {STATE_NAMESPACE} copied into {shared.where}; the "
+        "local file is left as it was"
+    )
+    return 0
+
+
 @command("verify", "persistent-agent-admin verify", needs_config=True)
 def _verify(args: argparse.Namespace) -> int:
     """Check every database with its node's key (HMAC and structure); exit 1 on any problem."""
@@ -154,6 +174,16 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"verify: no encrypted databases under {args.data_dir}")
     failed = sum(1 for r in reports if r.problem)
     print(f"verify: {len(reports) - failed} ok, {failed} failed")
+    shared = shared_tools.shared_config(args.config_dir)
+    if shared is not None:
+        lines, shared_failed = shared_tools.verify_lines(shared)
+        for line in lines:
+            print(line)
+        print(
+            f"verify: shared state in {shared.where}: {len(lines) - shared_failed} rows ok, "
+            f"{shared_failed} failed"
+        )
+        failed += shared_failed
     return 1 if failed else 0
 
 
@@ -162,6 +192,10 @@ def _inspect(args: argparse.Namespace) -> int:
     """Decrypt and print every database (namespace, key, value JSON); writes nothing."""
     for line in inspection.inspect(args.config_dir, args.data_dir):
         print(line)
+    shared = shared_tools.shared_config(args.config_dir)
+    if shared is not None:
+        for line in shared_tools.inspect_lines(shared):
+            print(line)
     return 0
 
 
@@ -169,6 +203,10 @@ def _inspect(args: argparse.Namespace) -> int:
 def _backup(args: argparse.Namespace) -> int:
     """Take a consistent encrypted snapshot of both nodes into backups/<UTC time>/."""
     dest = backup.backup(args.config_dir, args.data_dir, args.backups_dir)
+    shared = shared_tools.shared_config(args.config_dir)
+    if shared is not None:
+        rows = shared_tools.backup(shared, dest)
+        print(f"backup: shared state in {shared.where}: {rows} rows, encrypted as stored")
     print(f"backup: wrote {dest} (restore with: make restore BACKUP={dest})")
     return 0
 
@@ -178,6 +216,12 @@ def _backup(args: argparse.Namespace) -> int:
 )
 def _restore(args: argparse.Namespace) -> int:
     """Verify a backup, then put it in place of data/ (services stopped; --force to replace)."""
+    shared = shared_tools.shared_config(args.config_dir)
+    if shared is not None and (args.backup / shared_tools.BACKUP_FILE).is_file():
+        # Into an empty shared state only, every replica stopped: checked before
+        # the local files move.
+        rows = shared_tools.restore(shared, args.backup)
+        print(f"restore: shared state in {shared.where}: {rows} rows restored")
     result = backup.restore(
         args.backup, args.config_dir, args.data_dir, args.backups_dir, force=args.force
     )
@@ -200,6 +244,8 @@ def _rotate_key(args: argparse.Namespace) -> int:
         f"{len(result.rekeyed)} databases re-encrypted, "
         f"{len(result.already_done)} already done{resumed}"
     )
+    if result.shared_rewrapped:
+        print(f"rotate-key: the shared state's {result.shared_rewrapped} keys re-wrapped")
     if result.backups_rewrapped:
         count = len(result.backups_rewrapped)
         print(f"rotate-key: re-wrapped {count} backups under {args.backups_dir}")

@@ -27,6 +27,7 @@ from persistent_agent.errors import BackupError, DatabaseDamagedError, KeyringEr
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.keyring import Keyring, derived_key
 from persistent_agent.keys.secret_files import write_private
+from persistent_agent.ops import shared_tools
 from persistent_agent.ops.inspection import NodeDatabase, node_databases
 from persistent_agent.ops.node_keys import source_of
 from persistent_agent.storage import database, lock
@@ -210,6 +211,7 @@ def rewrap(backup_dir: Path, old: KeySource, new: KeySource) -> bool:
             keyring.rewrapped(old.wrapper, new.wrapper, where=keyring_path).save(keyring_path)
         node["key_fingerprint"] = new.wrapper.fingerprint
         node["keyring_sha256"] = _sha256(keyring_path)
+    shared_tools.rewrap_backup(backup_dir, old.wrapper, new.wrapper)
     manifest["format"] = FORMAT
     write_private(path, json.dumps(manifest, indent=2) + "\n")
     return True

@@ -21,6 +21,7 @@ from persistent_agent.storage.data_keys import NodeKeys, wrong_key
 from persistent_agent.storage.layout import (
     NODE_ROLES,
     database_files,
+    file_name,
     foreign_files,
     namespace_of,
     node_data_dirs,
@@ -65,6 +66,19 @@ def node_databases(config_dir: Path, data_dir: Path) -> list[NodeDatabase]:
             keys = keys_of(config_dir, data_dir, role)
             found += [NodeDatabase(role, path, keys) for path in paths]
     return found
+
+
+def namespace_rows(config_dir: Path, data_dir: Path, role: str, namespace: str) -> dict[str, str]:
+    """Every (key, value JSON) of one namespace of *role*'s local files, read-only.
+
+    No file for it means no rows.
+    """
+    path = data_dir / role / file_name(namespace)
+    if not path.is_file():
+        return {}
+    db = NodeDatabase(role, path, keys_of(config_dir, data_dir, role))
+    with database.storage_errors(db.path), _opened(db) as conn:
+        return dict(database.rows(conn))
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ project's own (``data/postgres``), several client processes firing
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -126,6 +127,9 @@ def demo(
         replicas=replica_ids(replicas),
     )
     victim = nodes.replicas[-1]
+    # The demo's replicas start afresh, like its database: their directories
+    # are the demo's own scratch space (nothing else writes there).
+    shutil.rmtree(nodes.data_dir, ignore_errors=True)
     try:
         server.start()
         nodes.dsn = server.create_database(DATABASE, fresh=True)

@@ -43,6 +43,7 @@ from persistent_agent.keys.master_key import (
 from persistent_agent.keys.secret_files import sync_directory
 from persistent_agent.keys.transit import TransitWrapper
 from persistent_agent.ops import backup as backups
+from persistent_agent.ops import shared_tools
 from persistent_agent.ops.config_files import (
     KEY_FILE,
     NEXT_VAR,
@@ -74,6 +75,7 @@ class RotationResult:
     backups_skipped: list[tuple[Path, str]] = field(default_factory=list)
     resumed: bool = False
     key_service: bool = False
+    shared_rewrapped: int = 0  # keys of the shared state (encrypted-postgres) re-wrapped
 
 
 def rekey_file(path: Path, old_key: bytes, new_key: bytes) -> bool:
@@ -111,8 +113,34 @@ def rotate(
 
     Holds both nodes' data-directory locks throughout, so no node runs meanwhile.
     """
+    refuse_replicas(data_dir)
     with lock.holding(node_data_dirs(data_dir), "rotate-key"):
         return _rotate(config_dir, data_dir, backups_dir, reencrypt)
+
+
+# The demo's replicas (make demo-replicas) start afresh every run: not data.
+DEMO_REPLICAS_DIR = "replicas"
+
+
+def refuse_replicas(data_dir: Path) -> None:
+    """Refuse while agent replicas keep data here: rotate-key does not cover them yet.
+
+    Their keyrings and the shared state's keyring in PostgreSQL would stay
+    wrapped by the old key, which rotate-key then replaces: a lockout.
+    """
+    nodes = set(node_data_dirs(data_dir))
+    found = sorted(
+        keyring.parent
+        for keyring in [*data_dir.glob(f"*/{KEYRING_FILE}"), *data_dir.glob(f"*/*/{KEYRING_FILE}")]
+        if keyring.parent not in nodes
+        and DEMO_REPLICAS_DIR not in keyring.relative_to(data_dir).parts[:1]
+    )
+    if found:
+        raise ConfigError(
+            f"{found[0]} holds an agent replica's keyring, and rotate-key does not cover "
+            "replicas and their shared state in PostgreSQL yet: rotating would lock them out. "
+            "Nothing was changed (see docs/replicas.md)"
+        )
 
 
 def _opens(path: Path, key: bytes | None) -> bool:
@@ -173,6 +201,12 @@ def _rotate(config_dir: Path, data_dir: Path, backups_dir: Path, reencrypt: bool
         for path in database_files(directory):
             if not (_opens(path, keys.key_for(path)) or _opens(path, _pending(keys, new, path))):
                 raise WrongKeyError(path)
+    # The agent's shared state (encrypted-postgres), if any: every replica
+    # stopped, on every host, and its keyring open with one of the two keys.
+    shared = shared_tools.shared_config(config_dir)
+    if shared is not None:
+        shared_tools.ensure_stopped(shared)
+        shared_tools.check_key(shared, old, new)
 
     # 1. The new key on disk, beside the old one, before anything moves to it.
     if isinstance(old.wrapper, TransitWrapper):
@@ -193,6 +227,9 @@ def _rotate(config_dir: Path, data_dir: Path, backups_dir: Path, reencrypt: bool
             keys.keyring = keys.keyring.rewrapped(old.wrapper, new.wrapper, where=keys.path)
             keys.keyring.save(keys.path)
             result.rewrapped.append(keys.path)
+
+    if shared is not None and new is not old:
+        result.shared_rewrapped = shared_tools.rewrap(shared, old.wrapper, new.wrapper)
 
     # 3. The backups under backups/ that the old key opens follow (not after a
     # re-encryption: their data keys are the old ones, to be discarded).

@@ -98,7 +98,7 @@ def describe(dsn: str) -> str:
     return f"PostgreSQL at {host}:{port}" + (f" (database {dbname})" if dbname else "")
 
 
-def _keyring_ad(name: str, fingerprint: str) -> bytes:
+def keyring_ad(name: str, fingerprint: str) -> bytes:
     return json.dumps(
         ["persistent-agent shared keyring", KEYRING_FORMAT, name, fingerprint],
         separators=(",", ":"),
@@ -141,8 +141,9 @@ def _request_ad(id_mac: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Row:
-    """One decrypted row: its real key, its value (JSON text) and its version."""
+    """One decrypted row: its real namespace and key, its value (JSON text), its version."""
 
+    namespace: str
     key: str
     value: str
     version: int
@@ -280,30 +281,34 @@ class SharedState:
 
     def _open_row(
         self,
-        namespace: str,
         ns_mac: bytes,
         key_mac: bytes,
         version: int,
         sealed: bytes,
-        expected_key: str | None,
+        expected: tuple[str, str | None] | None = None,
     ) -> Row:
+        """Decrypt one row; its namespace and key must be the ones its HMACs name.
+
+        *expected* (namespace, key or None) is what the caller asked for, for messages.
+        """
+        name = _row_name(expected, key_mac)
         try:
             plain = json.loads(self._keys.open(bytes(sealed), _row_ad(ns_mac, key_mac, version)))
-            key, value = plain["key"], plain["value"]
+            namespace, key, value = plain["namespace"], plain["key"], plain["value"]
         except (InvalidTag, ValueError, KeyError, TypeError):
             raise SharedRowError(
-                f"row {_row_name(namespace, expected_key, key_mac)} (version {version}) in "
-                f"{self.where} does not decrypt: it was altered, or copied from another row "
-                "or version; nothing was changed"
+                f"row {name} (version {version}) in {self.where} does not decrypt: it was "
+                "altered, or copied from another row or version; nothing was changed"
             ) from None
-        if (expected_key is not None and key != expected_key) or (
-            self._keys.mac("key", namespace, key) != bytes(key_mac)
+        if (
+            self._keys.mac("namespace", namespace) != bytes(ns_mac)
+            or self._keys.mac("key", namespace, key) != bytes(key_mac)
+            or (expected is not None and expected[1] is not None and key != expected[1])
         ):
             raise SharedRowError(
-                f"row {_row_name(namespace, expected_key, key_mac)} in {self.where} holds "
-                "another key's value; nothing was changed"
+                f"row {name} in {self.where} holds another row's value; nothing was changed"
             )
-        return Row(key, value, version)
+        return Row(namespace, key, value, version)
 
     async def read(self, namespace: str, key: str) -> Row | None:
         ns_mac, key_mac = self._names(namespace, key)
@@ -316,7 +321,7 @@ class SharedState:
         if found is None:
             return None
         version, sealed = found
-        return self._open_row(namespace, ns_mac, key_mac, version, sealed, key)
+        return self._open_row(ns_mac, key_mac, version, sealed, (namespace, key))
 
     async def write(
         self,
@@ -334,7 +339,9 @@ class SharedState:
         """
         ns_mac, key_mac = self._names(namespace, key)
         version = expected + 1
-        plaintext = json.dumps({"key": key, "value": value}, separators=(",", ":")).encode()
+        plaintext = json.dumps(
+            {"namespace": namespace, "key": key, "value": value}, separators=(",", ":")
+        ).encode()
         sealed = self._keys.seal(plaintext, _row_ad(ns_mac, key_mac, version))
         try:
             async with self._connection() as conn, conn.transaction():
@@ -406,9 +413,24 @@ class SharedState:
             )
             found = await cur.fetchall()
         return [
-            self._open_row(namespace, ns_mac, bytes(key_mac), version, sealed, None)
+            self._open_row(ns_mac, bytes(key_mac), version, sealed, (namespace, None))
             for key_mac, version, sealed in found
         ]
+
+    async def all_rows(self) -> list[Row | SharedRowError]:
+        """Every row of every namespace, decrypted, or the error that row gives (for verify)."""
+        async with self._connection() as conn:
+            cur = await conn.execute("SELECT namespace, key, version, sealed FROM pa_state")
+            found = await cur.fetchall()
+        opened: list[Row | SharedRowError] = []
+        for ns_mac, key_mac, version, sealed in found:
+            try:
+                opened.append(self._open_row(bytes(ns_mac), bytes(key_mac), version, sealed))
+            except SharedRowError as error:
+                opened.append(error)
+        return sorted(
+            opened, key=lambda r: (0, r.namespace, r.key) if isinstance(r, Row) else (1, str(r), "")
+        )
 
     async def row_count(self) -> int:
         async with self._connection() as conn:
@@ -417,8 +439,12 @@ class SharedState:
         return int(found[0]) if found else 0
 
 
-def _row_name(namespace: str, key: str | None, key_mac: bytes) -> str:
-    return f"{namespace}/{key}" if key is not None else f"{namespace}/<key {key_mac.hex()[:12]}…>"
+def _row_name(expected: tuple[str, str | None] | None, key_mac: bytes) -> str:
+    unnamed = f"<key {key_mac.hex()[:12]}…>"
+    if expected is None:
+        return unnamed
+    namespace, key = expected
+    return f"{namespace}/{key if key is not None else unnamed}"
 
 
 async def _load_keys(pool: AsyncConnectionPool, wrapper: KeyWrapper, where: str) -> StateKeys:
@@ -443,7 +469,7 @@ async def _load_keys(pool: AsyncConnectionPool, wrapper: KeyWrapper, where: str)
                             "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
                             (
                                 name,
-                                wrapper.wrap(fresh, _keyring_ad(name, wrapper.fingerprint)),
+                                wrapper.wrap(fresh, keyring_ad(name, wrapper.fingerprint)),
                                 wrapper.fingerprint,
                             ),
                         )
@@ -468,7 +494,7 @@ async def _load_keys(pool: AsyncConnectionPool, wrapper: KeyWrapper, where: str)
                 "(config/master.key); nothing was written"
             )
         try:
-            unwrapped[name] = wrapper.unwrap(wrapped, _keyring_ad(name, wrapped_by))
+            unwrapped[name] = wrapper.unwrap(wrapped, keyring_ad(name, wrapped_by))
         except InvalidTag:
             raise SharedStateError(
                 f"the shared '{name}' key in {where} does not unwrap with this replica's master "
@@ -495,10 +521,10 @@ async def rewrap_keys(conn: psycopg.AsyncConnection[Any], old: KeyWrapper, new: 
         for name, wrapped, wrapped_by in entries:
             if wrapped_by == new.fingerprint:
                 continue
-            key = old.unwrap(wrapped, _keyring_ad(name, wrapped_by))
+            key = old.unwrap(wrapped, keyring_ad(name, wrapped_by))
             await conn.execute(
                 "UPDATE pa_keyring SET wrapped = %s, wrapped_by = %s WHERE name = %s",
-                (new.wrap(key, _keyring_ad(name, new.fingerprint)), new.fingerprint, name),
+                (new.wrap(key, keyring_ad(name, new.fingerprint)), new.fingerprint, name),
             )
     return len(entries)
 
