@@ -27,8 +27,8 @@ COMPOSE ?= $(shell scripts/compose.sh)
 
 .PHONY: help install init demo demo-replicas local-start local-run local-run-verbose local-stop local-status \
         test test-unit test-e2e test-docker lint docs bench clean \
-        build base-image start stop run run-verbose logs status \
-        verify inspect backup restore rotate-key
+        build base-image start start-replicas run-increments stop run run-verbose logs status \
+        verify inspect backup restore rotate-key migrate-state
 
 # Colours only for a terminal, and never when NO_COLOR is set (no-color.org).
 help: ## Show this list
@@ -91,6 +91,17 @@ endef
 # it cannot even list containers; then there are none of ours to act on.
 have_config := [ -f config/.env.sentinel ] && [ -f config/.env.agent ] && [ -f config/.env.client ] && [ -f config/master.key ]
 no_config := no config/.env.*, so the compose demo was never started here (make start)
+# The replicas variant: docker-compose.replicas.yml on top of the base file
+# (a PostgreSQL server and agent replicas on one encrypted state). Once it was
+# started here (its password file exists), run, stop, logs, status and clean
+# read both files, so they see the postgres service and the replicas too.
+PG_PASSWORD_FILE := config/postgres.password
+REPLICAS := replica-1 replica-2
+REPLICAS_FILES := -f docker-compose.yml -f docker-compose.replicas.yml
+COMPOSE_REPLICAS = $(COMPOSE) $(REPLICAS_FILES)
+COMPOSE_HERE = $(COMPOSE)$(if $(wildcard $(PG_PASSWORD_FILE)), $(REPLICAS_FILES))
+CALLS ?= 200
+CONCURRENCY ?= 16
 
 base-image: ## Build a Python base image with no registry (debootstrap trixie; root)
 	scripts/build_base_image.sh $(BASE_IMAGE_TAG)
@@ -105,20 +116,45 @@ start: init build ## Init, build, start sentinel + agent; returns once both are 
 	$(need_compose)
 	@# When `up` itself fails (the sentinel never got healthy, so compose gave up
 	@# on the agent), wait_healthy still names the node that exited and why.
-	@up=0; $(COMPOSE) up -d sentinel persistent-agent || up=$$?; \
+	@# --remove-orphans: the replicas variant's containers, if it ran, go (its volume stays).
+	@up=0; $(COMPOSE) up -d --remove-orphans sentinel persistent-agent || up=$$?; \
 	  COMPOSE="$(COMPOSE)" scripts/wait_healthy.sh $$([ $$up = 0 ] && echo 120 || echo 0) \
 	    sentinel persistent-agent && exit $$up
 
+# The PostgreSQL superuser's password: random, owner-only, made once.
+$(PG_PASSWORD_FILE):
+	@umask 077 && $(HOST_PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' >$@.tmp && mv $@.tmp $@
+	@echo "wrote $@ (PostgreSQL's password, owner-only; make clean removes it)"
+
+start-replicas: init build $(PG_PASSWORD_FILE) ## Start sentinel, PostgreSQL and 2 agent replicas on one encrypted state; returns once all are healthy
+	$(need_compose)
+	@umask 077 && mkdir -p $(addprefix data/replicas/,$(REPLICAS))
+	@# The single agent of `make start` goes, and so does the sentinel's container:
+	@# the sentinel would go on routing storage@fame.fabric to that agent alone.
+	@if [ -n "$$($(COMPOSE_REPLICAS) ps -a -q persistent-agent 2>/dev/null)" ]; then \
+	  echo "start-replicas: replacing the single agent of make start (and restarting the sentinel)"; \
+	  $(COMPOSE_REPLICAS) rm --stop --force persistent-agent sentinel >/dev/null 2>&1; fi
+	@up=0; $(COMPOSE_REPLICAS) up -d postgres sentinel $(REPLICAS) || up=$$?; \
+	  COMPOSE="$(COMPOSE_REPLICAS)" scripts/wait_healthy.sh $$([ $$up = 0 ] && echo 180 || echo 0) \
+	    postgres sentinel $(REPLICAS) && exit $$up
+
+run-increments: init ## CALLS increment(1) calls (CONCURRENCY at a time) through the sentinel; JSON: who served how many
+	$(need_compose)
+	@docker image inspect $(IMAGE) >/dev/null 2>&1 || \
+	  { echo "error: the image $(IMAGE) is not built and nothing runs; start the replicas with \`make start-replicas\`" >&2; exit 1; }
+	@$(COMPOSE_HERE) run --rm -T client persistent-agent-client increment \
+	  --calls $(CALLS) --concurrency $(CONCURRENCY)
+
 stop: ## Stop the containers (data/ stays)
 	$(need_compose)
-	@if $(have_config); then $(COMPOSE) down --remove-orphans; \
+	@if $(have_config); then $(COMPOSE_HERE) down --remove-orphans; \
 	  else echo "stop: nothing to stop: $(no_config)"; fi
 
 run: init ## Run the client in a container on the compose network
 	$(need_compose)
 	@docker image inspect $(IMAGE) >/dev/null 2>&1 || \
 	  { echo "error: the image $(IMAGE) is not built and nothing runs; start the demo with \`make start\`" >&2; exit 1; }
-	@$(COMPOSE) run --rm -T $(CLIENT_FLAGS) client
+	@$(COMPOSE_HERE) run --rm -T $(CLIENT_FLAGS) client
 
 run-verbose: CLIENT_FLAGS := -e FAME_SHOW_ENVELOPES=true
 run-verbose: run ## Same, showing envelopes
@@ -126,12 +162,12 @@ run-verbose: run ## Same, showing envelopes
 logs: ## Show the last log lines of every service
 	$(need_compose)
 	@$(have_config) || { echo "logs: error: $(no_config)" >&2; exit 1; }
-	@$(COMPOSE) logs --no-color --tail=100
+	@$(COMPOSE_HERE) logs --no-color --tail=100
 
 status: ## Show the services and their health
 	$(need_compose)
 	@$(have_config) || { echo "status: error: $(no_config)" >&2; exit 1; }
-	@$(COMPOSE) ps
+	@$(COMPOSE_HERE) ps
 
 # ---------------------------------------------------------------- key lifecycle and data
 verify: install ## Check every database (HMAC + structure) with the configured key
@@ -146,6 +182,9 @@ backup: install ## Consistent encrypted snapshot of both nodes into backups/<tim
 restore: install ## Restore BACKUP=backups/<time> (services stopped; FORCE=1 replaces data)
 	@[ -n "$(BACKUP)" ] || { echo "usage: make restore BACKUP=backups/<time> [FORCE=1]" >&2; exit 2; }
 	@$(ADMIN) restore "$(BACKUP)" $(if $(filter 1 yes true,$(FORCE)),--force)
+
+migrate-state: install ## Copy the agent's local state into its shared state in PostgreSQL, once (encrypted-postgres)
+	@$(ADMIN) migrate-state
 
 rotate-key: install ## New master key: re-wraps the keyrings (services stopped; REENCRYPT=1 re-encrypts all)
 	@$(ADMIN) rotate-key $(if $(filter 1 yes true,$(REENCRYPT)),--reencrypt)
@@ -177,7 +216,7 @@ docs: install ## Regenerate the generated parts of docs/ (cog; a test checks the
 bench: install ## Benchmark: ours vs the runtime's provider, the relay floor, the upstream-shaped agent (ratios, one run; PROFILE=1: where a call's CPU time goes)
 	$(PY) bench/$(if $(filter 1 yes true,$(PROFILE)),profile,run).py $(BENCH_ARGS)
 
-clean: ## Stop everything, then remove data/, generated config (keys) and run/
+clean: ## Stop everything, then remove data/, generated config (keys), run/ and the PostgreSQL volume
 	@if [ -x $(ADMIN) ]; then $(ADMIN) local-stop; fi
-	@if [ -n "$(COMPOSE)" ] && [ -f config/.env.agent ]; then $(COMPOSE) down --remove-orphans >/dev/null 2>&1 || true; fi
-	rm -rf data run config/.env.sentinel config/.env.agent config/.env.client config/master.key config/master.key.next
+	@if [ -n "$(COMPOSE)" ] && [ -f config/.env.agent ]; then $(COMPOSE_HERE) down --volumes --remove-orphans >/dev/null 2>&1 || true; fi
+	rm -rf data run config/.env.sentinel config/.env.agent config/.env.client config/master.key config/master.key.next $(PG_PASSWORD_FILE)

@@ -181,11 +181,15 @@ def shared_dsn(postgres: PostgresServer, request: pytest.FixtureRequest) -> str:
 
 
 def pg_dump(server: PostgresServer, dsn: str) -> str:
-    """The whole database as `pg_dump` prints it (schema and data)."""
+    """The whole database as `pg_dump` prints it (schema and data).
+
+    The random token of pg_dump's ``\\restrict`` lines (16.10 and later) differs
+    on every run; those lines are left out so that two dumps compare.
+    """
     import psycopg
 
     info = psycopg.conninfo.conninfo_to_dict(dsn)
-    return subprocess.run(
+    dump = subprocess.run(
         [
             str(binaries() / "pg_dump"),
             "-h", str(info["host"]), "-p", str(info["port"]), "-U", str(info["user"]),
@@ -194,3 +198,6 @@ def pg_dump(server: PostgresServer, dsn: str) -> str:
         env={"PGPASSWORD": server.password(), "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+    return "\n".join(
+        line for line in dump.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))
+    )

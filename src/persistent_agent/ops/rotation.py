@@ -119,7 +119,7 @@ def rotate(
 
 
 # The demo's replicas (make demo-replicas) start afresh every run: not data.
-DEMO_REPLICAS_DIR = "replicas"
+DEMO_REPLICAS_DIR = "demo-replicas"
 
 
 def refuse_replicas(data_dir: Path) -> None:
@@ -138,8 +138,9 @@ def refuse_replicas(data_dir: Path) -> None:
     if found:
         raise ConfigError(
             f"{found[0]} holds an agent replica's keyring, and rotate-key does not cover "
-            "replicas and their shared state in PostgreSQL yet: rotating would lock them out. "
-            "Nothing was changed (see docs/replicas.md)"
+            "replicas whose shared state it cannot reach (make start-replicas keeps theirs in "
+            "a Docker volume): rotating would lock them out. Nothing was changed "
+            "(see docs/replicas.md)"
         )
 
 
