@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ import psycopg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from naylence.fame.storage.key_value_store import KeyValueStore
+from naylence.fame.util.logging import getLogger
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
@@ -56,6 +58,11 @@ from persistent_agent.keys.keyring import NONCE_BYTES, KeyWrapper
 from persistent_agent.keys.master_key import KEY_BYTES
 
 V = TypeVar("V", bound=BaseModel)
+
+logger = getLogger(__name__)
+# The pool logs every failed reconnect (four a second while the server is
+# down); the replica says once that it is down and once that it is back.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 KEYRING_TABLE = "pa_keyring"
 ROWS_TABLE = "pa_state"
@@ -262,6 +269,7 @@ class SharedState:
             "reconnects by itself once it is back"
         )
         if self._probe is None or self._probe.done():
+            logger.warning("shared_state_unavailable", where=self.where, detail=what)
             self._probe = asyncio.create_task(self._probe_until_back())
         return SharedStateUnavailableError(self._outage)
 
@@ -274,6 +282,7 @@ class SharedState:
             except (PoolTimeout, psycopg.Error):
                 continue
             self._outage = None
+            logger.warning("shared_state_back", where=self.where)
             return
 
     def _names(self, namespace: str, key: str) -> tuple[bytes, bytes]:
