@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -129,15 +128,9 @@ async def bench_storage(quick: bool) -> dict[str, dict[str, float]]:
 
 
 # ---------------------------------------------------------------- end to end
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _nodes(root: Path, profile: str) -> Any:
     from persistent_agent.ops import config_files
-    from persistent_agent.ops.local_nodes import LocalNodes
+    from persistent_agent.ops.local_nodes import LocalNodes, free_port
 
     config = root / "config"
     config.mkdir(parents=True, exist_ok=True)
@@ -148,7 +141,7 @@ def _nodes(root: Path, profile: str) -> Any:
         config,
         root / "data",
         root / "run",
-        port=_free_port(),
+        port=free_port(),
         extra_env={"FAME_STORAGE_PROFILE": profile, "FAME_LOG_LEVEL": "critical"},
     )
 
@@ -263,7 +256,9 @@ UPSTREAM = "upstream-shaped agent"
 @contextlib.contextmanager
 def _relay() -> Iterator[str]:
     """The floor's relay and echo service as processes; yields the relay's URL."""
-    port = _free_port()
+    from persistent_agent.ops.local_nodes import free_port
+
+    port = free_port()
     url = f"ws://127.0.0.1:{port}"
     script = str(REPO / "bench" / "relay.py")
     with contextlib.ExitStack() as stack:

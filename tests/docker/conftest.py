@@ -37,20 +37,32 @@ def env() -> dict[str, str]:
     return values
 
 
-def make(root: Path, *targets: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    command: list[str],
+    root: Path,
+    *,
+    env_vars: dict[str, str] | None = None,
+    timeout: float = 900,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run *command* in *root*, print it with its output (shown when a test fails)."""
     result = subprocess.run(
-        ["make", "--no-print-directory", *targets],
+        command,
         cwd=root,
-        env=env(),
+        env=env_vars or env(),
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
         check=False,
     )
-    print(f"$ make {' '.join(targets)}\n{result.stdout}{result.stderr}")
+    print(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}")
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+def make(root: Path, *targets: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run(["make", "--no-print-directory", *targets], root, check=check)
 
 
 def compose_command(root: Path) -> list[str]:

@@ -18,7 +18,16 @@ from typing import Any
 import pytest
 
 from ..conftest import plaintext_hits
-from .conftest import PROJECT_NAME, client_lines, compose_command, container, docker, env, make
+from .conftest import (
+    PROJECT_NAME,
+    client_lines,
+    compose_command,
+    container,
+    docker,
+    env,
+    make,
+    run,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -41,18 +50,7 @@ def _compose_env() -> dict[str, str]:
 
 
 def _compose(project: Path, *argv: str) -> None:
-    command = [*_replicas_compose(project), *argv]
-    result = subprocess.run(
-        command,
-        cwd=project,
-        env=_compose_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    print(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}")
-    assert result.returncode == 0, result.stdout + result.stderr
+    run([*_replicas_compose(project), *argv], project, env_vars=_compose_env(), timeout=300)
 
 
 def _wait_healthy(project: Path, *services: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import selectors
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,13 +11,9 @@ from typing import IO
 
 import pytest
 
-from persistent_agent.ops.local_nodes import LocalNodes
+from persistent_agent.ops.local_nodes import LocalNodes, free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port"]  # the tests' one source of free ports, re-exported
 
 
 @pytest.fixture

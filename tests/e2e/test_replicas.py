@@ -191,28 +191,15 @@ def test_replicas_on_separate_hosts_reach_postgres_over_the_network(
     try:
         dsn = server.create_database("hosts")
         nodes = make_replicas(initialised, server, dsn, 2, host="0.0.0.0")  # noqa: S104
-        nodes.hosts = {
-            replica: ["ip", "netns", "exec", ns]
-            for replica, (ns, _) in zip(nodes.replicas, hosts, strict=True)
-        }
-        base_env = nodes.env
-        outside = {
-            replica: address for replica, (_, address) in zip(nodes.replicas, hosts, strict=True)
-        }
-
-        port = nodes.port
-
-        def env(role: str) -> dict[str, str]:
-            values = base_env(role)
-            if role in outside:  # this replica's way to the others: its veth link
-                address = outside[role]
-                values["FAME_DIRECT_ADMISSION_URL"] = (
-                    f"ws://{address}:{port}/fame/v1/attach/ws/downstream"
-                )
-                values["FAME_STORAGE_POSTGRES_DSN"] = server.dsn("hosts", host=address)
-            return values
-
-        nodes.env = env  # type: ignore[method-assign]
+        for replica, (ns, address) in zip(nodes.replicas, hosts, strict=True):
+            nodes.hosts[replica] = ["ip", "netns", "exec", ns]
+            # This replica's way to the others: its veth link.
+            nodes.host_env[replica] = {
+                "FAME_DIRECT_ADMISSION_URL": (
+                    f"ws://{address}:{nodes.port}/fame/v1/attach/ws/downstream"
+                ),
+                "FAME_STORAGE_POSTGRES_DSN": server.dsn("hosts", host=address),
+            }
         nodes.start_all()
         acknowledged, served, _, _ = collect(fire(nodes, clients=2, calls=60))
         assert acknowledged == 120 and final_count(nodes) == 120

@@ -149,7 +149,7 @@ async def test_an_unreachable_server_is_one_clear_line(
     tmp_path: Path, master_key: MasterKey
 ) -> None:
     from persistent_agent.errors import SharedStateUnavailableError
-    from persistent_agent.ops.postgres_server import free_port
+    from persistent_agent.ops.local_nodes import free_port
 
     dsn = f"host=127.0.0.1 port={free_port()} user=postgres dbname=x"
     with pytest.raises(SharedStateUnavailableError, match="cannot connect to PostgreSQL at"):

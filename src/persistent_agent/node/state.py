@@ -134,6 +134,11 @@ R = TypeVar("R")
 class TransactionalAgent(BaseAgent[StateT]):
     """A ``BaseAgent`` whose ``async with self.state`` is all-or-nothing."""
 
+    # Whether the state store is the shared one, decided once per store
+    # (a runtime protocol check would cost on every call).
+    _shared_for: object = None
+    _shared_store: VersionedStore | None = None
+
     @property
     def state(self) -> _Transaction[StateT]:
         if self._state_model is None:
@@ -146,8 +151,7 @@ class TransactionalAgent(BaseAgent[StateT]):
             raise RuntimeError("No state model configured")
         await self._ensure_state_store(self._state_model)
         store = self._state_store
-        # Decided once per store: a runtime protocol check costs on every call.
-        if getattr(self, "_shared_for", None) is not store:
+        if self._shared_for is not store:
             self._shared_for = store
             self._shared_store = store if isinstance(store, VersionedStore) else None
         return self._shared_store

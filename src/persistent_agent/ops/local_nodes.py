@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,13 @@ _NODE_SETTINGS = ("FAME_", "PERSISTENT_AGENT_")
 HOST_SETTING = "SENTINEL_HOST"  # the user's one setting, for local and Docker alike
 MODULES = {"sentinel": "persistent_agent.node.sentinel", "agent": "persistent_agent"}
 ATTACH_PATH = "/fame/v1/attach/ws/downstream"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now, on *host* (for a sentinel or a server)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -27,7 +27,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from pathlib import Path
 
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.keys.secret_files import write_private
+from persistent_agent.ops.local_nodes import free_port
 
 SUPERUSER = "postgres"
 UNPRIVILEGED = "nobody"
@@ -71,12 +71,6 @@ def _fill(argv: list[str], bin_dir: Path, data_dir: Path) -> list[str]:
 def _reachable(path: Path) -> bool:
     """Whether any user can walk down to *path* (every directory on the way is o+x)."""
     return all(p.stat().st_mode & 0o001 for p in [path.resolve(), *path.resolve().parents])
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

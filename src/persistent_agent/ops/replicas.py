@@ -23,8 +23,8 @@ from typing import Any
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.keys.custody import POSTGRES_DSN_VAR, POSTGRES_PASSWORD_FILE_VAR
 from persistent_agent.node.serving import READY_FILE_VAR
-from persistent_agent.ops.local_nodes import LocalNodes
-from persistent_agent.ops.postgres_server import PostgresServer, free_port
+from persistent_agent.ops.local_nodes import LocalNodes, free_port
+from persistent_agent.ops.postgres_server import PostgresServer
 
 SHARED_PROFILE = "encrypted-postgres"
 # The demo's scratch space under data/ and run/ (the compose variant's
@@ -45,8 +45,10 @@ class LocalReplicas(LocalNodes):
     dsn: str = ""
     password_file: Path | None = None
     replicas: list[str] = field(default_factory=lambda: replica_ids(2))
-    # Per role, a command to run it under, e.g. ["ip", "netns", "exec", "host-2"].
+    # Per role, a command to run it under, e.g. ["ip", "netns", "exec", "host-2"],
+    # and settings of its own (how that host reaches the sentinel and the server).
     hosts: dict[str, list[str]] = field(default_factory=dict)
+    host_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def command_prefix(self, role: str) -> list[str]:
         return self.hosts.get(role, [])
@@ -64,6 +66,7 @@ class LocalReplicas(LocalNodes):
         env[POSTGRES_DSN_VAR] = self.dsn
         if self.password_file is not None:
             env[POSTGRES_PASSWORD_FILE_VAR] = str(self.password_file.resolve())
+        env.update(self.host_env.get(role, {}))
         return env
 
     def start_replica(self, role: str, timeout: float = 120.0) -> int:

@@ -22,11 +22,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 
@@ -62,7 +62,6 @@ TABLES = {
     "pa_state": ("namespace", "key", "version", "sealed"),
     "pa_requests": ("id", "sealed", "created_at"),
 }
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -97,14 +96,6 @@ def shared_config(config_dir: Path) -> SharedConfig | None:
             file if file.is_absolute() else config_dir / file, POSTGRES_PASSWORD_FILE_VAR
         )
     return SharedConfig(dsn, password, source_of(config_dir, "agent"))
-
-
-def run(work: Callable[[], Awaitable[T]]) -> T:
-    return asyncio.run(_awaited(work))
-
-
-async def _awaited(work: Callable[[], Awaitable[T]]) -> T:
-    return await work()
 
 
 @asynccontextmanager
@@ -150,7 +141,7 @@ def ensure_stopped(config: SharedConfig) -> None:
         async with replicas_stopped(config):
             pass
 
-    run(work)
+    asyncio.run(work())
 
 
 # ---------------------------------------------------------------- verify, inspect
@@ -170,7 +161,7 @@ def verify_lines(config: SharedConfig) -> tuple[list[str], int]:
         ]
         return lines, sum(1 for row in rows if isinstance(row, SharedRowError))
 
-    return run(work)
+    return asyncio.run(work())
 
 
 def inspect_lines(config: SharedConfig) -> list[str]:
@@ -185,7 +176,7 @@ def inspect_lines(config: SharedConfig) -> list[str]:
                 lines.append(f"FAIL: {row}")
         return lines
 
-    return run(work)
+    return asyncio.run(work())
 
 
 # ---------------------------------------------------------------- rotate-key
@@ -205,7 +196,7 @@ def check_key(config: SharedConfig, *sources: KeySource) -> KeySource:
         assert error is not None  # noqa: S101 - sources is never empty
         raise error
 
-    return run(work)
+    return asyncio.run(work())
 
 
 def rewrap(config: SharedConfig, old: KeyWrapper, new: KeyWrapper) -> int:
@@ -215,7 +206,7 @@ def rewrap(config: SharedConfig, old: KeyWrapper, new: KeyWrapper) -> int:
         async with replicas_stopped(config) as conn:
             return await rewrap_keys(conn, old, new)
 
-    return run(work)
+    return asyncio.run(work())
 
 
 # ---------------------------------------------------------------- backup, restore
@@ -258,7 +249,7 @@ def backup(config: SharedConfig, dest: Path) -> int:
                 tables[table] = [[_encode(v) for v in row] for row in await cur.fetchall()]
         return tables
 
-    tables = run(work)
+    tables = asyncio.run(work())
     document = {
         "format": BACKUP_FORMAT,
         "wrapped_by": config.source.wrapper.fingerprint,
@@ -301,7 +292,7 @@ def restore(config: SharedConfig, source_dir: Path) -> int:
         async with opened(config) as state:  # the restored keyring opens with our key
             return await state.row_count()
 
-    return run(work)
+    return asyncio.run(work())
 
 
 def rewrap_backup(backup_dir: Path, old: KeyWrapper, new: KeyWrapper) -> None:
@@ -339,4 +330,4 @@ def migrate(config: SharedConfig, rows: dict[str, str], namespace: str) -> int:
                     raise SharedStateError(f"{namespace}/{key} appeared while migrating")
         return len(rows)
 
-    return run(work)
+    return asyncio.run(work())

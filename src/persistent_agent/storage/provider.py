@@ -48,6 +48,18 @@ def _report_failure(error: StorageUnavailableError) -> None:
         listener(error)
 
 
+def dump_value(model_cls: type[V], value: V) -> str:
+    """*value* as the JSON a store keeps, validated through *model_cls* first.
+
+    Foreign objects are validated through our model rather than stored in
+    whatever shape they happen to have. Every store (local or shared) writes this.
+    """
+    if not isinstance(value, model_cls):
+        source = value.model_dump() if isinstance(value, BaseModel) else value
+        value = model_cls.model_validate(source)
+    return value.model_dump_json(by_alias=True)
+
+
 class SQLCipherKeyValueStore(KeyValueStore[V]):
     """A namespace's key-value view, typed by one pydantic model.
 
@@ -81,23 +93,15 @@ class SQLCipherKeyValueStore(KeyValueStore[V]):
                 _report_failure(error)
             raise error from None
 
-    def _dump(self, value: V) -> str:
-        if not isinstance(value, self._model_cls):
-            # Validate foreign objects through our model rather than storing
-            # whatever shape they happen to have.
-            source = value.model_dump() if isinstance(value, BaseModel) else value
-            value = self._model_cls.model_validate(source)
-        return value.model_dump_json(by_alias=True)
-
     async def set(self, key: str, value: V | None) -> None:
         if value is None:
             # BaseAgent.clear_state() stores None; take it to mean "no value".
             await self.delete(key)
             return
-        self._execute(self._UPSERT, (key, self._dump(value), time.time()))
+        self._execute(self._UPSERT, (key, dump_value(self._model_cls, value), time.time()))
 
     async def update(self, key: str, value: V) -> None:
-        cursor = self._execute(self._UPDATE, (self._dump(value), time.time(), key))
+        cursor = self._execute(self._UPDATE, (dump_value(self._model_cls, value), time.time(), key))
         if cursor.rowcount == 0:
             raise KeyError(f"Key '{key}' not found for update.")
 

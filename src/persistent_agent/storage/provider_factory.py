@@ -9,7 +9,7 @@ is re-registered (``allow_override``) to point at our factory. ``sqlite`` and
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from naylence.fame.factory import Expressions
 from naylence.fame.profile import RegisterProfileOptions, register_profile
@@ -83,6 +83,19 @@ class SQLCipherStorageProviderConfig(StorageProviderConfig):
     )
 
 
+ConfigT = TypeVar("ConfigT", bound=StorageProviderConfig)
+
+
+def _validated(
+    model: type[ConfigT], config: StorageProviderConfig | dict[str, Any] | None
+) -> ConfigT:
+    """*config* as a *model*: as it is when it already is one, else validated from a dict."""
+    if isinstance(config, model):
+        return config
+    validated: ConfigT = model.model_validate(config or {})
+    return validated
+
+
 class SQLCipherStorageProviderFactory(StorageProviderFactory):
     """Builds :class:`SQLCipherStorageProvider`; the provider module loads lazily."""
 
@@ -91,11 +104,7 @@ class SQLCipherStorageProviderFactory(StorageProviderFactory):
         config: SQLCipherStorageProviderConfig | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> StorageProvider:
-        settings = (
-            config
-            if isinstance(config, SQLCipherStorageProviderConfig)
-            else SQLCipherStorageProviderConfig.model_validate(config or {})
-        )
+        settings = _validated(SQLCipherStorageProviderConfig, config)
 
         from pathlib import Path
 
@@ -136,11 +145,7 @@ class SharedStateStorageProviderFactory(StorageProviderFactory):
         config: SharedStateStorageProviderConfig | dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> StorageProvider:
-        settings = (
-            config
-            if isinstance(config, SharedStateStorageProviderConfig)
-            else SharedStateStorageProviderConfig.model_validate(config or {})
-        )
+        settings = _validated(SharedStateStorageProviderConfig, config)
         from pathlib import Path
 
         from persistent_agent.errors import ConfigError

@@ -36,7 +36,7 @@ import hmac
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -56,6 +56,7 @@ from persistent_agent.errors import (
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.keyring import NONCE_BYTES, KeyWrapper
 from persistent_agent.keys.master_key import KEY_BYTES
+from persistent_agent.storage.provider import dump_value
 
 V = TypeVar("V", bound=BaseModel)
 
@@ -566,12 +567,6 @@ class SharedKeyValueStore(KeyValueStore[V], Generic[V]):
         self._model_cls = model_cls
         self._namespace = namespace
 
-    def _dump(self, value: V) -> str:
-        if not isinstance(value, self._model_cls):
-            source = value.model_dump() if isinstance(value, BaseModel) else value
-            value = self._model_cls.model_validate(source)
-        return value.model_dump_json(by_alias=True)
-
     async def read_versioned(self, key: str) -> tuple[str | None, int]:
         row = await self._state.read(self._namespace, key)
         return (None, 0) if row is None else (row.value, row.version)
@@ -588,15 +583,15 @@ class SharedKeyValueStore(KeyValueStore[V], Generic[V]):
         if value is None:
             await self.delete(key)
             return
-        text = self._dump(value)
-        for _ in _forever():
+        text = dump_value(self._model_cls, value)
+        while True:
             _, version = await self.read_versioned(key)
             if await self.write_versioned(key, text, version):
                 return
 
     async def update(self, key: str, value: V) -> None:
-        text = self._dump(value)
-        for _ in _forever():
+        text = dump_value(self._model_cls, value)
+        while True:
             _, version = await self.read_versioned(key)
             if version == 0:
                 raise KeyError(f"Key '{key}' not found for update.")
@@ -615,10 +610,3 @@ class SharedKeyValueStore(KeyValueStore[V], Generic[V]):
             row.key: self._model_cls.model_validate_json(row.value)
             for row in await self._state.rows(self._namespace)
         }
-
-
-def _forever() -> Iterator[int]:
-    attempt = 0
-    while True:
-        yield attempt
-        attempt += 1
