@@ -25,8 +25,13 @@ above it in this list (``make lint`` checks it), then the entry points.
   ``node.agent``: ``PersistentAgent`` and its state model;
   ``node.state``: transactional, versioned agent state;
   ``node.replies``: RPC replies without the SDK's 10 ms pause;
-  ``node.logs``: disabled log levels dropped before formatting;
+  ``node.logs``: disabled log levels dropped before formatting, no payload
+  in any log;
   ``node.sentinel``: the sentinel entry point;
+  ``node.listener``: its listeners, frames bounded to the envelope limit, and
+  its end of each attach, which grants credits but never waits for them;
+  ``node.link``: the link to the sentinel (its readiness, attached or not);
+  ``node.backlog``: the agent's line of calls; those that waited too long refused;
   ``node.caller``: the client's calls and their retry policy;
   ``node.increments``: increment calls acknowledged exactly once.
 - ``ops/``: what the operator runs.

@@ -16,19 +16,23 @@ from typing import Any
 from naylence.agent import configs
 
 from persistent_agent import AGENT_ADDR
-from persistent_agent.node import serving
+from persistent_agent.node import backlog, serving
 from persistent_agent.node.agent import PersistentAgent
 
 
 async def _main() -> None:
+    limit = backlog.max_wait_seconds()
+
     async def start(fabric: Any) -> None:
-        agent = PersistentAgent()
+        clock = backlog.ArrivalClock()
+        fabric.node.add_event_listener(clock)
+        agent = PersistentAgent(backlog.Line(clock, limit))
         # Load the state before attaching: a state this version cannot read
         # (a newer schema) stops the node here, untouched, not at the first call.
         await agent.get_state()
         await fabric.serve(agent, AGENT_ADDR)
 
-    await serving.serve(start, node_config())
+    await serving.serve(start, node_config(), upstream=True)
 
 
 POOLED_LOGICAL = "*.fame.fabric"

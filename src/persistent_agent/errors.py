@@ -95,6 +95,10 @@ class BackupError(PersistentAgentError):
     """A backup is incomplete, does not verify, or cannot be restored here."""
 
 
+class RestoreInterruptedError(BackupError):
+    """A restore stopped half-way: its node directories are unusable until it is run again."""
+
+
 class ServiceUnavailableError(PersistentAgentError):
     """The client reached the sentinel, but not the agent behind it, in time."""
 
@@ -109,6 +113,30 @@ class LocalNodeError(PersistentAgentError):
 
 class ClientCallError(PersistentAgentError):
     """The agent (or the sentinel) answered a call with an error; retrying would not help."""
+
+
+class SentinelRefusedError(PersistentAgentError):
+    """A sentinel that is up and ready refused the client's or node's attach (HTTP 403, say)."""
+
+
+class TransportError(PersistentAgentError):
+    """The connection to the sentinel failed in a way retrying will not mend."""
+
+
+class AgentOverloadedError(PersistentAgentError):
+    """A call waited in the agent's line longer than it may; refused undone, to be retried."""
+
+    PREFIX = "agent overloaded"
+
+
+class UpstreamLostError(PersistentAgentError):
+    """A node stayed detached from a ready sentinel for longer than it may.
+
+    Exit code 69 (EX_UNAVAILABLE): a supervisor restarts the node (compose's
+    ``restart: on-failure``; locally, the node restarts itself in place).
+    """
+
+    exit_code = 69
 
 
 class StorageUnavailableError(PersistentAgentError):
@@ -188,6 +216,20 @@ class SharedStateConflictError(SharedStateError):
 
 class SharedRowError(SharedStateError):
     """A row of the shared state does not decrypt: altered, or copied from another row."""
+
+
+class RequestIdReusedError(PersistentAgentError):
+    """A request id came again with other arguments than the call first recorded under it."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(
+            f"request id {request_id} was already used by a call with other arguments; a new "
+            "call needs a new request id (nothing was applied)"
+        )
+
+
+class IncrementRangeError(PersistentAgentError):
+    """``increment(n)`` was called with an n outside the range it accepts."""
 
 
 def report(name: str, error: PersistentAgentError) -> int:

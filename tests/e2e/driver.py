@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,37 @@ async def run(command: str, arg: str) -> None:
                 "errors": [str(r) for r in results if isinstance(r, BaseException)],
             }
         )
+    elif command == "flood":  # ARG: "<calls> <seconds each call may take>"
+        await flood(agent, *map(float, arg.split()))
+
+
+async def flood(agent: Any, calls: float, patience: float) -> None:
+    """*calls* store_value calls at once over this one session; how each ended.
+
+    Served, refused as overloaded, or anything else (a timeout after
+    *patience* seconds included); and the slowest call's seconds.
+    """
+    ends: dict[str, int] = {"served": 0, "overloaded": 0}
+    slowest = 0.0
+
+    async def one(i: int) -> None:
+        nonlocal slowest
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(agent.store_value(f"flood-{i}"), patience)
+            end = "served"
+        except BaseException as exc:  # the runtime's connection errors are BaseExceptions
+            text = str(exc).split(":")[0]
+            end = "overloaded" if text == "agent overloaded" else f"{type(exc).__name__}: {text}"
+        ends[end] = ends.get(end, 0) + 1
+        slowest = max(slowest, time.monotonic() - started)
+
+    await asyncio.gather(*(one(i) for i in range(int(calls))))
+    emit({"ends": ends, "slowest": round(slowest, 2)})
+    # Calls that timed out may still be queued in this session: leave without
+    # waiting for the runtime to drain them.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.node.agent import STATE_NAMESPACE
@@ -26,7 +28,7 @@ from persistent_agent.ops.local_nodes import LocalNodes
 from persistent_agent.ops.node_keys import source_of
 from persistent_agent.storage import database, layout
 
-from ..conftest import REPO, checksums
+from ..conftest import REPO, checksums, wait_until
 from ..data_keys import data_key, node_key_text
 from .conftest import read_lines
 
@@ -347,3 +349,88 @@ def test_a_key_inline_in_an_env_file_others_can_read_is_refused(nodes: LocalNode
     with pytest.raises(LocalNodeError, match="readable by group or others"):
         nodes.start("agent")
     assert str(agent_env.resolve()) in nodes.log_file("agent").read_text()
+
+
+def _attach_url(nodes: LocalNodes) -> str:
+    """The sentinel's websocket attach endpoint, as a stranger node would dial it."""
+    return f"{nodes.admission_url()}/probe-{os.getpid()}"
+
+
+def _closed_by_sentinel(nodes: LocalNodes, frame: bytes) -> int | None:
+    """Send *frame* as it is to the attach endpoint; the code the sentinel closed with."""
+    with connect(_attach_url(nodes), max_size=None) as ws:
+        ws.send(frame)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:  # what a stranger may be sent first (nothing, today)
+                ws.recv(timeout=60)  # a deadline for a broken run, not a measurement
+    return closed.value.rcvd.code if closed.value.rcvd else None
+
+
+@pytest.mark.parametrize("level", ["warning", "trace"])
+def test_stored_values_never_reach_the_logs_under_faults(nodes: LocalNodes, level: str) -> None:
+    """At the default level and at the most verbose (trace, which logs everything the
+    levels between log too): a stored marker value, sent through an agent killed with -9
+    mid-call, a dead agent, a sentinel restart and a malformed frame, is in no log; the
+    malformed frame's length is, and at trace the envelopes' identifiers are."""
+    marker = f"TOPSECRET-{os.getpid()}-{level}"
+    nodes.extra_env["FAME_LOG_LEVEL"] = level
+    nodes.start_all()
+    with subprocess.Popen(
+        [sys.executable, "-m", "tests.e2e.session_client"],
+        cwd=REPO,
+        env=nodes.env("client"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as session:
+        assert session.stdin is not None and session.stdout is not None
+
+        def send(value: str) -> None:
+            assert session.stdin is not None
+            session.stdin.write(f"{value}\n")
+            session.stdin.flush()
+
+        def reply_to(value: str) -> Any:
+            """The reply to *value*, skipping those to earlier calls (a lost one never comes)."""
+            assert session.stdout is not None
+            while (doc := json.loads(read_lines(session.stdout, 1, value)[0]))["value"] != value:
+                pass
+            return doc
+
+        read_lines(session.stdout, 1, "the session")
+        send(f"{marker}-1")
+        assert reply_to(f"{marker}-1")["ok"] == {"value": f"{marker}-1"}
+        send(f"{marker}-2")
+        nodes.kill("agent")  # mid-call
+        send(f"{marker}-3")
+        assert "error" in reply_to(f"{marker}-3")  # forwarded to a dead agent, or refused
+        nodes.start("agent")
+        session.stdin.close()
+    nodes.stop("sentinel")
+    nodes.start("sentinel")
+    driver(nodes, "store", json.dumps(f"{marker}-4"))
+    malformed = f'{{"frame": {{"type": "Data", "payload": "{marker}-5'.encode()
+    with connect(_attach_url(nodes)) as ws:
+        ws.send(malformed)
+        sentinel_log = nodes.log_file("sentinel")
+        wait_until(lambda: "Invalid envelope" in sentinel_log.read_text(), "the malformed frame")
+    nodes.stop_all()
+
+    logs = {p.name: p.read_text(errors="replace") for p in nodes.run_dir.glob("*.log")}
+    assert [name for name, text in logs.items() if marker in text] == []
+    assert f"Invalid envelope: <{len(malformed)} bytes>" in logs["sentinel.log"]
+    if level == "trace":  # the envelopes the runtime dumps at trace: identifiers kept
+        assert "connector_received_envelope" in logs["agent.log"]
+        assert '"to": "storage@fame.fabric"' in logs["agent.log"]
+
+
+def test_the_sentinel_closes_a_frame_over_the_envelope_limit(nodes: LocalNodes) -> None:
+    """A 1 MiB websocket frame is refused (closed, 1009 message too big) before the
+    sentinel reads it, and not logged; calls go on being served."""
+    nodes.start_all()
+    frame = b"OVERSIZED-" * (2**20 // 10)
+    assert _closed_by_sentinel(nodes, frame) == 1009
+    assert driver(nodes, "store", '"still served"')["ok"]["value"] == "still served"
+    nodes.stop_all()
+    assert "OVERSIZED" not in nodes.log_file("sentinel").read_text(errors="replace")

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from persistent_agent.errors import LocalNodeError
@@ -138,6 +139,22 @@ def test_a_replica_with_the_wrong_master_key_refuses_and_writes_nothing(
     with pytest.raises(LocalNodeError, match="was made under master key") as refused:
         replicas.start_replica("replica-2")
     assert wrong.read_text().strip() not in str(refused.value)
+    assert pg_dump(postgres, shared_dsn) == before
+
+
+def test_a_replica_refuses_a_shared_state_whose_keyring_was_deleted(
+    replicas: LocalReplicas, postgres: PostgresServer, shared_dsn: str
+) -> None:
+    """Rows with no keyring stop a restarted replica with one line; no new keys, no writes."""
+    replicas.replicas = replica_ids(1)
+    replicas.start_all()
+    assert collect(fire(replicas, clients=1, calls=5))[0] == 5
+    replicas.stop("replica-1")
+    with psycopg.connect(shared_dsn, password=postgres.password(), autocommit=True) as conn:
+        conn.execute("DELETE FROM pa_keyring")
+    before = pg_dump(postgres, shared_dsn)
+    with pytest.raises(LocalNodeError, match=r"holds rows \(1 in pa_state, 5 in pa_requests\)"):
+        replicas.start_replica("replica-1")
     assert pg_dump(postgres, shared_dsn) == before
 
 

@@ -1,12 +1,15 @@
-"""Disabled log levels are dropped before the runtime renders them."""
+"""Disabled log levels are dropped before the runtime renders them; what is rendered
+holds no payload, argument or reply."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 import structlog
 from naylence.fame.util.logging import getLogger
 
@@ -80,3 +83,95 @@ def test_a_disabled_level_never_reaches_the_processors() -> None:
         naylence.setLevel(before)
         logs.install()
     assert seen == ["info_event", "debug_event", "trace_event"]
+
+
+MARKER = "TOPSECRET-in-a-test"
+
+
+def _envelope() -> Any:
+    from naylence.fame.core import DataFrame, create_fame_envelope
+
+    payload = {"jsonrpc": "2.0", "method": "store_value", "params": {"args": [MARKER]}}
+    return create_fame_envelope(frame=DataFrame(payload=payload), to="storage@fame.fabric")
+
+
+def _fail_forwarding(envelope: Any) -> None:
+    """Raise with *envelope* in a local variable and in the message, as the runtime does."""
+    raise RuntimeError(f"cannot forward {envelope}")
+
+
+def test_a_traceback_has_frames_and_message_but_no_locals_or_payload(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An error logged with exc_info renders as Python's traceback: the event, the frames,
+    the exception's type and message up to the payload; no local variable, no payload."""
+    logs.install()
+    logger = getLogger("naylence.fame.test_traceback")
+    envelope = _envelope()
+    try:
+        _fail_forwarding(envelope)
+    except RuntimeError:
+        logger.error("transport_closed", exc_info=True)
+    assert "transport_closed" in caplog.text
+    assert "Traceback (most recent call last):" in caplog.text
+    assert "in _fail_forwarding" in caplog.text
+    assert f"RuntimeError: cannot forward version='1.0' id='{envelope.id}'" in caplog.text
+    assert MARKER not in caplog.text
+
+
+def test_envelopes_frames_and_bytes_in_fields_keep_only_their_identifiers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Fields holding an envelope, a frame, a JSON-RPC message or raw bytes are logged as
+    the envelope's id, address and frame type, the frame's type, and the byte count."""
+    logs.install()
+    logger = getLogger("naylence.fame.test_fields")
+    envelope = _envelope()
+    raw = envelope.model_dump_json().encode()
+    logger.warning(
+        "forwarding",
+        envelope=envelope,
+        frame=envelope.frame,
+        message=envelope.frame.payload,
+        raw=raw,
+    )
+    logger.error(f"Invalid envelope: {raw!r}, error: bad")  # the runtime's own f-string
+    assert f"<envelope id={envelope.id} to=storage@fame.fabric frame_type=Data>" in caplog.text
+    assert "<Data frame>" in caplog.text
+    assert f"Invalid envelope: <{len(raw)} bytes>, error: bad" in caplog.text
+    assert "'method': 'store_value'" in caplog.text
+    assert MARKER not in caplog.text
+
+
+def test_a_validation_error_keeps_its_reason_not_its_input() -> None:
+    """pydantic quotes the input it refused (input_value=...): that goes, the reason stays."""
+    from naylence.fame.core import FameEnvelope
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        FameEnvelope.model_validate_json(f'{{"frame": {{"payload": "{MARKER}'.encode())
+    text = logs.format_exception(refused.value)
+    assert "Invalid JSON: EOF while parsing a string" in text
+    assert "input_value=<redacted>, input_type=bytes" in text
+    assert MARKER not in text
+
+
+def test_other_libraries_records_are_redacted_at_the_handler() -> None:
+    """What uvicorn or asyncio log through the standard library (message, arguments and
+    exception) passes the same redaction on the root logger's handlers."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        logs.install()
+        try:
+            _fail_forwarding(_envelope())
+        except RuntimeError:
+            logging.getLogger("uvicorn.error").exception("Exception in ASGI app: %s", b"\x00" * 7)
+    finally:
+        root.removeHandler(handler)
+    text = stream.getvalue()
+    assert "Exception in ASGI app: <7 bytes>" in text
+    assert "RuntimeError: cannot forward" in text
+    assert MARKER not in text

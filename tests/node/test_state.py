@@ -174,3 +174,46 @@ def test_migrations_cover_every_step() -> None:
     """Each version below the current one has a migration to the next."""
     model = CustomAgentState
     assert set(model.MIGRATIONS) == set(range(1, model.SCHEMA_VERSION))
+
+
+@pytest.fixture(params=["encrypted-sqlite", "encrypted-postgres"])
+def storage_config(
+    request: pytest.FixtureRequest, db_dir: Path, master_key_hex: str
+) -> dict[str, str]:
+    """The storage of an in-process node, in each of the two profiles."""
+    config = {
+        "type": "SQLCipherStorageProvider",
+        "db_directory": str(db_dir),
+        "master_key": master_key_hex,
+    }
+    if request.param == "encrypted-postgres":
+        server = request.getfixturevalue("postgres")
+        config |= {
+            "type": "SharedStateStorageProvider",
+            "postgres_dsn": request.getfixturevalue("shared_dsn"),
+            "postgres_password_file": str(server.password_file),
+        }
+    return config
+
+
+async def test_a_request_id_reused_with_other_arguments_and_out_of_range_n_are_refused(
+    storage_config: dict[str, str],
+) -> None:
+    """increment(5, id) then increment(100, id) is an error naming the id, not a silent
+    acknowledgement; increment(-1) and increment(10**30) are refused; nothing is applied."""
+    from naylence.agent import Agent
+    from naylence.fame.core import FameFabric
+
+    config = {"node": {"type": "Node", "id": "state-test", "storage": storage_config}}
+    async with FameFabric.create(root_config=config) as fabric:
+        address = await fabric.serve(PersistentAgent(), "counter")
+        agent = Agent.remote_by_address(address, fabric=fabric)
+        first = await agent.increment(n=5, request_id="req-5f1c")
+        assert first["count"] == 5
+        assert await agent.increment(n=5, request_id="req-5f1c") == first  # a retry: unapplied
+        with pytest.raises(Exception, match="request id req-5f1c was already used by a call "):
+            await agent.increment(n=100, request_id="req-5f1c")
+        for n in (-1, 10**30):
+            with pytest.raises(Exception, match=r"from 0 to 2147483647 \(2\*\*31-1\)"):
+                await agent.increment(n=n, request_id=f"req-{n}")
+        assert (await agent.increment(n=0))["count"] == 5

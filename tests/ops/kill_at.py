@@ -1,10 +1,13 @@
 """Run persistent-agent-admin, killing it with SIGKILL just before its N-th rename.
 
 ``python -m tests.ops.kill_at N <admin arguments>``: every atomic step of
-rotate-key (a key file, a keyring, a manifest, a database swapped in) ends
-in a rename, and Python raises an ``os.rename`` audit event before each one
-(os.replace too). Killing there is a crash between two steps, found by what
-the process did rather than by the clock. N = 0 never kills.
+rotate-key (a key file, a keyring, a manifest, a database swapped in) and of
+restore (a copy, its journal, a directory parked or swapped in) ends in a
+rename, and Python raises an ``os.rename`` audit event before each one
+(os.replace too; restore's directory exchange raises its own,
+``persistent_agent.rename_exchange``). Killing there is a crash between two
+steps, found by what the process did rather than by the clock. N = 0 never
+kills.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ def main() -> int:
 
     def hook(event: str, _args: tuple[object, ...]) -> None:
         nonlocal seen
-        if event == "os.rename":
+        if event in ("os.rename", "persistent_agent.rename_exchange"):
             seen += 1
             if seen == target:
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from persistent_agent.errors import BackupError, PersistentAgentError, ServicesRunningError
-from persistent_agent.ops import backup
+from persistent_agent.ops import admin, backup
 from persistent_agent.storage.layout import DB_SUFFIX, all_databases
 
 from ..conftest import checksums, node_writing, plaintext_hits, running
@@ -125,3 +125,37 @@ def test_restore_never_follows_a_link_at_its_temporary_path(tree: Path) -> None:
     assert victim.read_text() == "untouched"
     assert not planted.exists()
     assert len(backup.verify_backup(dest, tree / "config")) == 6
+
+
+def test_a_backups_dir_that_is_a_file_is_one_line(
+    tree: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--backups-dir naming a regular file: one line naming it, exit 2, the file untouched."""
+    blocker = tree / "not-a-dir"
+    blocker.write_text("mine")
+    argv = ["--config-dir", str(tree / "config"), "--data-dir", str(tree / "data")]
+    assert admin.main([*argv, "--backups-dir", str(blocker), "backup"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        f"backup: error: {blocker} is a file, not a directory; move it away, or give "
+        "--backups-dir another path\n"
+    )
+    assert blocker.read_text() == "mine"
+
+
+def test_a_symlinked_backups_dir_keeps_its_targets_mode(tree: Path) -> None:
+    """A backups directory that is a link is used as it is: its target (someone else's
+    directory) keeps its mode, and what backup and restore put there is owner-only."""
+    target = tree / "elsewhere"
+    target.mkdir(mode=0o755)
+    target.chmod(0o755)
+    link = tree / "linked-backups"
+    link.symlink_to(target)
+    dest = backup.backup(tree / "config", tree / "data", link)
+    result = backup.restore(dest, tree / "config", tree / "data", link, force=True)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    assert result.set_aside is not None
+    for made in (dest, result.set_aside):
+        for path in [made, *made.rglob("*")]:
+            assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600)

@@ -14,7 +14,9 @@ import pytest
 from persistent_agent.errors import (
     BackupError,
     ConfigError,
+    DatabaseDamagedError,
     KeyringError,
+    PersistentAgentError,
     ServicesRunningError,
     WrongKeyError,
 )
@@ -25,9 +27,11 @@ from persistent_agent.keys.master_key import (
     parse_master_key,
     write_key_file,
 )
-from persistent_agent.ops import backup, config_files, inspection, rotation
-from persistent_agent.storage import database
+from persistent_agent.ops import admin, backup, config_files, inspection, rotation
+from persistent_agent.ops.node_keys import source_of
+from persistent_agent.storage import database, layout
 from persistent_agent.storage.layout import KEYRING_FILE, all_databases, node_data_dirs
+from persistent_agent.storage.provider import SQLCipherStorageProvider
 
 from ..conftest import REPO, checksums, node_writing
 from ..data_keys import data_key, node_key_text
@@ -111,6 +115,21 @@ def test_rotate_key_with_a_wrong_key_writes_nothing(tree: Path) -> None:
     assert checksums(tree / "data") == data_before
 
 
+@pytest.mark.parametrize("reencrypt", [False, True], ids=["rewrap", "reencrypt"])
+def test_rotate_key_refuses_a_database_lost_from_its_keyring(
+    tree: Path, tmp_path: Path, reencrypt: bool
+) -> None:
+    """A database the keyring knows but the disk lacks stops rotation before any write: a new
+    keyring would drop its entry, and with it the proof that the file existed."""
+    lost = tree / "data" / "agent" / layout.file_name("extra")
+    shutil.move(lost, tmp_path / lost.name)
+    config_before, data_before = checksums(tree / "config"), checksums(tree / "data")
+    with pytest.raises(DatabaseDamagedError, match=r"the file is missing, but .*keyring\.json"):
+        rotation.rotate(tree / "config", tree / "data", tree / "backups", reencrypt=reencrypt)
+    assert checksums(tree / "config") == config_before
+    assert checksums(tree / "data") == data_before
+
+
 def test_rotate_key_refuses_while_agent_replicas_keep_data(tree: Path) -> None:
     """A replica's keyring (encrypted-postgres) would stay under the old key: refused, unchanged.
     The demo's own scratch replicas (data/demo-replicas) do not count."""
@@ -174,15 +193,19 @@ def _kill_at(step: int, root: Path, *options: str) -> subprocess.CompletedProces
 
 @pytest.mark.parametrize("options", [(), ("--reencrypt",)], ids=["rewrap", "reencrypt"])
 def test_rotate_key_killed_at_every_step_finishes_on_a_rerun(
-    tree: Path, tmp_path_factory: pytest.TempPathFactory, options: tuple[str, ...]
+    tree: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
+    options: tuple[str, ...],
 ) -> None:
     """SIGKILL just before each rename rotate-key makes (key files, keyrings, manifest,
-    database swaps): every node still opens with the configured key or the pending one, and
-    a rerun finishes with all data intact; the backup follows a re-wrap and restores, and
-    after a re-encryption asks for the key that made it."""
+    database swaps): every node still opens with the configured key or the pending one;
+    where a node refuses, verify says the same one line; a rerun finishes with all data
+    intact; the backup follows a re-wrap and restores, and after a re-encryption asks for
+    the key that made it."""
     backup.backup(tree / "config", tree / "data", tree / "backups")
     expected = _contents(tree)
-    step, finished = 1, False
+    step, finished, refused = 1, False, 0
     while not finished:
         root = tmp_path_factory.mktemp("kill") / "t"
         shutil.copytree(tree, root)
@@ -195,6 +218,7 @@ def test_rotate_key_killed_at_every_step_finishes_on_a_rerun(
             keys.append(parse_master_key(pending.read_text()))
         for path in all_databases(root / "data"):
             assert _opens_with_either(path, keys), f"step {step}: {path}"
+        refused += _verify_says_what_a_node_says(root, capsys)
         rerun = _kill_at(0, root, *options)
         assert rerun.returncode == 0, rerun.stderr
         assert _contents(root) == expected, f"step {step}: contents differ"
@@ -206,6 +230,7 @@ def test_rotate_key_killed_at_every_step_finishes_on_a_rerun(
             backup.restore(taken, root / "config", root / "restored", root / "backups")
         step += 1
     assert step > 4  # it was interrupted at several steps before it got through
+    assert refused > 2  # and at several of them the nodes refused
 
 
 def _opens_with_either(path: Path, masters: list[MasterKey]) -> bool:
@@ -223,3 +248,24 @@ def _opens_with_either(path: Path, masters: list[MasterKey]) -> bool:
         if keyring is not None:
             candidates.append(keyring.unwrap_pending(wrapper, namespace, where=path))
     return any(key is not None and _opens(path, key) for key in candidates)
+
+
+def _verify_says_what_a_node_says(root: Path, capsys: pytest.CaptureFixture[str]) -> bool:
+    """Where a node refuses its directory after an interrupted rotation, verify fails with
+    one line, the one that node gives (naming `make rotate-key`); False if none refuses."""
+    lines = []
+    for role in ("sentinel", "agent"):  # what each node says, opening its storage
+        try:
+            SQLCipherStorageProvider(root / "data" / role, source_of(root / "config", role)).close()
+        except PersistentAgentError as error:
+            lines.append(str(error))
+    if not lines:
+        return False
+    dirs = ["--config-dir", str(root / "config"), "--data-dir", str(root / "data")]
+    assert admin.main([*dirs, "verify"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    (said,) = err.splitlines()
+    assert said.removeprefix("verify: error: ") in lines
+    assert "`make rotate-key" in said
+    return True

@@ -14,6 +14,7 @@ from persistent_agent.errors import SharedRowError, SharedStateError
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.master_key import MasterKey, generate_master_key, parse_master_key
 from persistent_agent.ops.postgres_server import PostgresServer
+from persistent_agent.storage.provider import RecordedRequest, Request
 from persistent_agent.storage.shared_state import SharedKeyValueStore, SharedState
 
 from ..conftest import pg_dump
@@ -51,7 +52,7 @@ async def test_values_and_names_never_reach_the_server_in_plaintext(
     kv = store(state)
     await kv.set("secret-key-name", Doc(value=SECRET))
     assert await state.write(
-        NAMESPACE, "tally-key-31c9", '{"value":"1"}', 0, ("request-id-4242", '{"n":1}')
+        NAMESPACE, "tally-key-31c9", '{"value":"1"}', 0, Request("request-id-4242", '{"n":1}')
     )
     dump = pg_dump(postgres, shared_dsn)
     assert "pa_state" in dump and "COPY public.pa_state" in dump  # the rows are in it
@@ -119,13 +120,28 @@ async def test_compare_and_set_refuses_a_write_from_a_stale_read(state: SharedSt
 
 
 async def test_a_request_id_is_applied_once(state: SharedState) -> None:
-    assert await state.write(NAMESPACE, "n", "1", 0, ("req-1", '{"count":1}'))
+    assert await state.write(NAMESPACE, "n", "1", 0, Request("req-1", '{"count":1}', "digest-1"))
     # The same id again, even at the right version, is refused as a whole.
-    assert not await state.write(NAMESPACE, "n", "2", 1, ("req-1", '{"count":2}'))
-    assert await state.request_result("req-1") == '{"count":1}'
-    assert await state.request_result("req-2") is None
+    assert not await state.write(NAMESPACE, "n", "2", 1, Request("req-1", '{"count":2}', "d2"))
+    assert await state.request_record("req-1") == RecordedRequest('{"count":1}', "digest-1")
+    assert await state.request_record("req-2") is None
     row = await state.read(NAMESPACE, "n")
     assert row is not None and (row.value, row.version) == ("1", 1)
+
+
+async def test_a_request_recorded_before_argument_digests_is_still_answered(
+    state: SharedState, postgres: PostgresServer, shared_dsn: str
+) -> None:
+    """A pa_requests row in the earlier format (the result alone) reads back with no digest."""
+    id_mac = state._keys.mac("request", "req-old")
+    sealed = state._keys.seal(b'{"count":7}', b"pa-request\x00" + id_mac)
+    sql(
+        postgres,
+        shared_dsn,
+        f"INSERT INTO pa_requests (id, sealed) VALUES ('\\x{id_mac.hex()}', "  # noqa: S608
+        f"'\\x{sealed.hex()}')",
+    )
+    assert await state.request_record("req-old") == RecordedRequest('{"count":7}', None)
 
 
 async def test_concurrent_first_replicas_agree_on_the_keys(
@@ -154,3 +170,34 @@ async def test_an_unreachable_server_is_one_clear_line(
     dsn = f"host=127.0.0.1 port={free_port()} user=postgres dbname=x"
     with pytest.raises(SharedStateUnavailableError, match="cannot connect to PostgreSQL at"):
         await SharedState.open(dsn, "pw", KeySource.local(master_key))
+
+
+@pytest.mark.parametrize(
+    ("damage", "refusal"),
+    [
+        (
+            "DELETE FROM pa_keyring",
+            r"holds rows \(1 in pa_state, 1 in pa_requests\) but no keyring",
+        ),
+        ("DROP TABLE pa_keyring", r"holds rows \(1 in pa_state, 1 in pa_requests\) but no keyring"),
+        ("DELETE FROM pa_keyring WHERE name = 'hmac'", r"has no 'hmac' key; it is damaged"),
+    ],
+    ids=["keyring-emptied", "keyring-dropped", "keyring-partial"],
+)
+async def test_rows_without_their_keyring_are_refused_and_nothing_is_written(
+    state: SharedState,
+    postgres: PostgresServer,
+    shared_dsn: str,
+    master_key: MasterKey,
+    damage: str,
+    refusal: str,
+) -> None:
+    """Rows whose keys are gone stop a replica with one line; no new keys hide them."""
+    assert await state.write(NAMESPACE, "n", '{"count":1}', 0, Request("req-1", '{"count":1}'))
+    sql(postgres, shared_dsn, damage)
+    before = pg_dump(postgres, shared_dsn)
+    with pytest.raises(SharedStateError, match=refusal) as refused:
+        await SharedState.open(shared_dsn, postgres.password(), KeySource.local(master_key))
+    assert "restore pa_keyring from a backup" in str(refused.value)
+    assert "nothing was written" in str(refused.value) and "\n" not in str(refused.value)
+    assert pg_dump(postgres, shared_dsn) == before

@@ -113,6 +113,12 @@ class Keyring:
 
     *pending* holds the replacement keys of an unfinished ``rotate-key
     REENCRYPT=1``, wrapped by *pending_wrapped_by*.
+
+    *reserved* names the entries of *keys* whose database file is not known
+    to exist yet: a new key is saved (reserved) before its file is created,
+    and the reservation is dropped once the file is on disk. An entry that is
+    not reserved therefore proves that its file existed, so a missing file is
+    damage, while a reserved one is a creation a crash cut short.
     """
 
     node: str
@@ -120,6 +126,7 @@ class Keyring:
     keys: Mapping[str, str] = field(default_factory=dict)
     pending: Mapping[str, str] = field(default_factory=dict)
     pending_wrapped_by: str | None = None
+    reserved: frozenset[str] = frozenset()
 
     # ---- reading and writing the file
 
@@ -142,6 +149,7 @@ class Keyring:
                 keys=_entries(data["keys"]),
                 pending=_entries(data.get("pending", {})),
                 pending_wrapped_by=data.get("pending_wrapped_by"),
+                reserved=frozenset(_names(data.get("reserved", []))),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             raise KeyringError(
@@ -160,6 +168,8 @@ class Keyring:
         if self.pending:
             data["pending"] = dict(sorted(self.pending.items()))
             data["pending_wrapped_by"] = self.pending_wrapped_by
+        if reserved := sorted(self.reserved & set(self.keys)):
+            data["reserved"] = reserved
         return json.dumps(data, indent=2) + "\n"
 
     def save(self, path: Path) -> None:
@@ -189,11 +199,19 @@ class Keyring:
                 "interrupted, run it again; no file was changed"
             )
 
-    def with_key(self, wrapper: KeyWrapper, namespace: str, data_key: bytes) -> Keyring:
+    def with_key(
+        self, wrapper: KeyWrapper, namespace: str, data_key: bytes, *, reserve: bool = False
+    ) -> Keyring:
+        """*data_key* as the entry of *namespace*; with *reserve*, for a file not created yet."""
         wrapped = wrapper.wrap(
             data_key, _associated_data(self.node, namespace, wrapper.fingerprint)
         )
-        return replace(self, keys={**self.keys, namespace: wrapped})
+        reserved = self.reserved | {namespace} if reserve else self.reserved - {namespace}
+        return replace(self, keys={**self.keys, namespace: wrapped}, reserved=reserved)
+
+    def confirmed(self, namespaces: set[str]) -> Keyring:
+        """The reservations of *namespaces* dropped: their files now exist."""
+        return replace(self, reserved=self.reserved - namespaces)
 
     def rewrapped(self, old: KeyWrapper, new: KeyWrapper, *, where: Path) -> Keyring:
         """Every key unwrapped with *old* and wrapped again by *new* (pending keys dropped)."""
@@ -201,7 +219,7 @@ class Keyring:
         fresh = Keyring(self.node, new.fingerprint)
         for namespace in self.keys:
             data_key = _unwrap(old, self.keys[namespace], self.node, namespace, where)
-            fresh = fresh.with_key(new, namespace, data_key)
+            fresh = fresh.with_key(new, namespace, data_key, reserve=namespace in self.reserved)
         return fresh
 
     def with_pending(self, wrapper: KeyWrapper, data_keys: Mapping[str, bytes]) -> Keyring:
@@ -238,6 +256,12 @@ def _text(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(value)
     return value
+
+
+def _names(value: object) -> list[str]:
+    if not isinstance(value, list):
+        raise TypeError(value)
+    return [_text(v) for v in value]
 
 
 def _entries(value: object) -> dict[str, str]:

@@ -21,10 +21,19 @@ from typing import Any, ClassVar, TypedDict
 
 from naylence.fame.service import operation
 
+from persistent_agent.errors import IncrementRangeError
+from persistent_agent.node import backlog
+from persistent_agent.node.backlog import Line
 from persistent_agent.node.replies import UnaryReplyMixin
 from persistent_agent.node.state import Migration, TransactionalAgent, VersionedAgentState
 
 STATE_NAMESPACE = "agent_state"
+
+# What increment(n) accepts: a count of events, so never negative (0 adds
+# nothing and reads the total), and at most a signed 32-bit integer, which
+# every client language holds exactly. docs/replicas.md says the same.
+INCREMENT_MIN = 0
+INCREMENT_MAX = 2**31 - 1
 
 
 def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
@@ -78,10 +87,26 @@ def public(state: CustomAgentState) -> PublicState:
 class PersistentAgent(UnaryReplyMixin, TransactionalAgent[CustomAgentState]):
     """Stores one value and returns it, across restarts of either node."""
 
-    def __init__(self) -> None:
+    def __init__(self, line: Line | None = None) -> None:
         super().__init__(state_model=CustomAgentState, state_namespace=STATE_NAMESPACE)
+        self._line = line
+
+    async def handle_message(self, envelope: Any, context: Any = None) -> Any:
+        if self._line is None:
+            return await super().handle_message(envelope, context)
+        token = self._line.arrived(envelope)
+        try:
+            return await super().handle_message(envelope, context)
+        finally:
+            backlog.done(token)
+
+    def _admit(self) -> None:
+        """Refuse, before touching the state, a call that waited too long in line."""
+        if self._line is not None:
+            self._line.admit()
 
     async def _store(self, value: str) -> PublicState:
+        self._admit()
         if not isinstance(value, str):
             raise TypeError(f"store_value expects a string, got {type(value).__name__}")
 
@@ -94,6 +119,7 @@ class PersistentAgent(UnaryReplyMixin, TransactionalAgent[CustomAgentState]):
         return result
 
     async def _retrieve(self) -> PublicState:
+        self._admit()
         return public(await self.get_state())
 
     @operation
@@ -106,22 +132,32 @@ class PersistentAgent(UnaryReplyMixin, TransactionalAgent[CustomAgentState]):
 
     @operation
     async def increment(self, n: int = 1, request_id: str | None = None) -> Increment:
-        """Add *n* to the counter; returns the new total. Idempotent per *request_id*.
+        """Add *n* (0 to 2**31-1) to the counter; returns the new total.
 
         A read-modify-write, so that a lost update between replicas would
-        show in the total. A call repeated with the same *request_id* (a client
-        retrying after a timeout) returns the first call's result, unapplied,
-        when the state is shared (encrypted-postgres).
+        show in the total. Idempotent per *request_id*: a call repeated with
+        the same id (a client retrying after a timeout) returns the first
+        call's result, unapplied; the same id with another *n* is refused.
+        Both storage profiles record the id with the change.
         """
+        self._admit()
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"increment expects an integer, got {type(n).__name__}")
+        if not INCREMENT_MIN <= n <= INCREMENT_MAX:
+            # The value itself stays out of the message: replies can reach logs.
+            raise IncrementRangeError(
+                f"increment takes an integer n from {INCREMENT_MIN} to {INCREMENT_MAX} "
+                "(2**31-1); this n is out of that range; nothing was applied"
+            )
         replica = _node_id()
 
         def add(state: CustomAgentState) -> Increment:
             state.count += n
             return {"count": state.count, "replica": replica, "retries": 0}
 
-        result, retries = await self.update_state(add, request_id=request_id)
+        result, retries = await self.update_state(
+            add, request_id=request_id, arguments=["increment", n]
+        )
         # A repeated request returns the recorded result (its replica, not ours).
         return {**result, "retries": retries}
 

@@ -21,10 +21,14 @@ from typing import Any
 
 from persistent_agent import AGENT_ADDR
 from persistent_agent.errors import (
+    AgentOverloadedError,
     ClientCallError,
     ConfigError,
     NothingRunningError,
+    PersistentAgentError,
+    SentinelRefusedError,
     ServiceUnavailableError,
+    TransportError,
 )
 
 TIMEOUT_VAR = "CLIENT_TIMEOUT_SECONDS"
@@ -131,12 +135,41 @@ def retryable(exc: BaseException) -> bool:
     out instead; the attach handshake itself can time out on a loaded machine;
     and a sentinel restarting closes the connection. Anything else (a JSON-RPC
     error such as "Method not found", a bug) will not go away by retrying.
+    A handshake answered with an HTTP status is decided by :func:`refused_status`
+    and the sentinel's readiness, not here.
     """
     from naylence.fame.errors import FameConnectError, FameTransportClose
 
-    if isinstance(exc, TimeoutError | FameTransportClose | FameConnectError):
+    if isinstance(exc, TimeoutError | FameConnectError | FameTransportClose):
         return True
-    return isinstance(exc, RuntimeError) and "Unroutable" in str(exc)
+    if type(exc) is Exception and str(exc).startswith(AgentOverloadedError.PREFIX):
+        return True  # refused undone, from the back of a long line
+    return _nack_reason(exc).startswith("Unroutable")
+
+
+def _nack_reason(exc: BaseException) -> str:
+    """The reason of a nack by the sentinel (the runtime's "Envelope nacked: …"), or ""."""
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and text.startswith(_NACKED):
+        return text.removeprefix(_NACKED)
+    return ""
+
+
+_NACKED = "Envelope nacked: "
+
+
+def refused_status(exc: BaseException) -> int | None:
+    """The HTTP status that answered the client's websocket handshake, if that is what failed."""
+    from websockets.exceptions import InvalidStatus
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, InvalidStatus):
+            return int(current.response.status_code)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def nothing_running(exc: BaseException) -> str | None:
@@ -153,6 +186,20 @@ def nothing_running(exc: BaseException) -> str | None:
     return None
 
 
+def labelled(exc: BaseException, url: str) -> PersistentAgentError:
+    """*exc*, which retrying will not mend, as one line that says where it came from.
+
+    Only a JSON-RPC error reply is the agent's answer (the runtime raises it as
+    a bare ``Exception`` carrying the reply's message); a nack is the
+    sentinel's; anything else happened on the way, or in this client.
+    """
+    if type(exc) is Exception:
+        return ClientCallError(f"{AGENT_ADDR} answered: {exc}")
+    if reason := _nack_reason(exc):
+        return ClientCallError(f"the sentinel at {url} refused the call to {AGENT_ADDR}: {reason}")
+    return TransportError(f"cannot call {AGENT_ADDR} via {url}: {_brief(exc)}")
+
+
 async def run(
     value: str | None = None,
     out: Callable[[str], None] = print,
@@ -162,14 +209,23 @@ async def run(
 
     The retry policy: no sentinel at all on the first try (refused, unknown
     host) fails at once, naming the target that starts one; a sentinel that
-    is up but has no agent attached yet is retried until
-    CLIENT_TIMEOUT_SECONDS, with one *note* saying so; anything else fails at
-    once with its own message.
+    is up but has no agent attached yet, or that is still starting (its
+    readiness check says so, :func:`link.sentinel_readiness`), is retried
+    until CLIENT_TIMEOUT_SECONDS, with one *note* saying so; a handshake
+    refused by a sentinel that is ready fails at once; anything else fails at
+    once with its own message, labelled by where it came from.
     """
+    from persistent_agent.node import link
+
     use_unique_node_id()
     timeout = timeout_seconds()
     deadline = time.monotonic() + timeout
-    url = os.environ.get("FAME_DIRECT_ADMISSION_URL", "<FAME_DIRECT_ADMISSION_URL not set>")
+    url = os.environ.get(link.ADMISSION_URL_VAR, "")
+    if not url:
+        raise ConfigError(
+            f"{link.ADMISSION_URL_VAR} is not set; it names the sentinel to call "
+            "(config/.env.client sets it: run `make init`)"
+        )
     last_error: BaseException | None = None
     # Chosen once: a retried store writes the same value (storing is idempotent).
     new_value = value if value is not None else now_millis()
@@ -191,8 +247,15 @@ async def run(
                 raise NothingRunningError(
                     f"nothing is running at {url} ({why}); start it with `{start_hint()}`"
                 ) from None
-            if not retryable(exc):
-                raise ClientCallError(f"{AGENT_ADDR} answered: {exc}") from None
+            if (status := refused_status(exc)) is not None:
+                readiness = await link.sentinel_readiness(url)
+                if readiness is link.Readiness.READY:
+                    raise SentinelRefusedError(
+                        f"the sentinel at {url} refused the connection (HTTP {status}); it is up "
+                        "and ready for attaches, so check the client's credentials and address"
+                    ) from None
+            elif not retryable(exc):
+                raise labelled(exc, url) from None
             if last_error is None:
                 note(
                     f"client: {AGENT_ADDR} is not reachable yet ({_brief(exc)}); "

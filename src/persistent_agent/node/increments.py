@@ -26,15 +26,14 @@ from typing import Any
 
 from persistent_agent import AGENT_ADDR
 from persistent_agent.errors import (
-    ClientCallError,
     ConfigError,
     ServiceUnavailableError,
     SharedStateConflictError,
     SharedStateUnavailableError,
 )
-from persistent_agent.node import caller
+from persistent_agent.node import caller, link
 
-# Far below the agent's request window (shared_state.REQUEST_WINDOW_SECONDS).
+# Far below the agent's request window (provider.REQUEST_WINDOW_SECONDS).
 INCREMENT_DEADLINE = 120.0
 DEADLINE_VAR = "INCREMENT_DEADLINE_SECONDS"
 TRY_TIMEOUT = 3.0
@@ -96,7 +95,8 @@ async def increment(agent: Any, n: int, tally: Tally, deadline: float | None = N
         except BaseException as exc:  # the runtime's connection errors are BaseExceptions
             if not retryable(exc):
                 if isinstance(exc, Exception):
-                    raise ClientCallError(f"{AGENT_ADDR} answered: {exc}") from None
+                    url = os.environ.get(link.ADMISSION_URL_VAR, "the sentinel")
+                    raise caller.labelled(exc, url) from None
                 raise
             tally.errors[_brief(exc)] += 1
             if time.monotonic() + _RETRY_PAUSE >= deadline:
@@ -147,8 +147,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--by", type=int, default=1, help="the n of each increment(n)")
     args = parser.parse_args(argv)
+    # Imported here, not at the top: node.agent imports the runtime, whose
+    # logging must first see the level the client sets (client.main).
+    from persistent_agent.node.agent import INCREMENT_MAX, INCREMENT_MIN
+
     if args.calls < 0 or args.concurrency < 1:
         parser.error("--calls must be >= 0 and --concurrency >= 1")
+    if not INCREMENT_MIN <= args.by <= INCREMENT_MAX:
+        parser.error(f"--by must be from {INCREMENT_MIN} to {INCREMENT_MAX} (2**31-1)")
     return args
 
 

@@ -50,9 +50,18 @@ def sentinel_config() -> dict[str, Any]:
     from naylence.agent import configs
     from naylence.fame.factory import Expressions
 
+    from persistent_agent.node.listener import GATEWAY_LISTENER_TYPE, bounded
+
     config: dict[str, Any] = copy.deepcopy(configs.SENTINEL_CONFIG)
-    for listener in config["node"]["listeners"]:
-        listener["host"] = Expressions.env(HOST_VAR, DEFAULT_HOST)
+    # Our listener types: the runtime's listeners on a web server that refuses
+    # websocket frames over the envelope limit (node/listener.py). The SDK's
+    # agent HTTP gateway (off by default, unused here) would start the runtime's
+    # own server on the same port, so it is left out.
+    config["node"]["listeners"] = [
+        {**bounded(listener), "host": Expressions.env(HOST_VAR, DEFAULT_HOST)}
+        for listener in config["node"]["listeners"]
+        if listener["type"] != GATEWAY_LISTENER_TYPE
+    ]
     # Agent replicas (encrypted-postgres) share one address in a pool: take
     # turns rather than the default hash, so each gets its share of the calls.
     config["node"]["load_balancing"] = {"type": "LoadBalancingProfile", "profile": "round_robin"}

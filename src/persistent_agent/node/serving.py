@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from persistent_agent.errors import (
     KeyFileExposedError,
     StorageProfileError,
     StorageUnavailableError,
+    UpstreamLostError,
     find_error,
     report,
 )
@@ -78,6 +81,7 @@ def check_storage() -> None:
         from persistent_agent.keys.custody import key_source
         from persistent_agent.keys.master_key import NEXT_ENV_VAR
         from persistent_agent.storage.database import ensure_directory
+        from persistent_agent.storage.layout import refuse_unfinished_restore
 
         if os.environ.get(NEXT_ENV_VAR):
             raise ConfigError(
@@ -85,6 +89,9 @@ def check_storage() -> None:
                 "run `make rotate-key` again to finish it"
             )
         key_source(os.environ)
+        refuse_unfinished_restore(
+            Path(os.environ.get("FAME_STORAGE_DB_DIRECTORY", "./data/sqlite"))
+        )
         ensure_directory(Path(os.environ.get("FAME_STORAGE_DB_DIRECTORY", "./data/sqlite")))
     if profile == factory.SHARED_PROFILE_NAME:
         from persistent_agent.keys.custody import POSTGRES_DSN_VAR, POSTGRES_PASSWORD_FILE_VAR
@@ -111,24 +118,110 @@ def log_level() -> str:
 
 
 HEARTBEAT_SECONDS = 2.0
+DETACHED_EXIT_VAR = "PERSISTENT_AGENT_DETACHED_EXIT_SECONDS"
+DEFAULT_DETACHED_EXIT = 10.0
+# "exec": no supervisor is watching (the local launcher), so a node that must
+# restart replaces its own process image (same pid, same log) instead of exiting.
+RESTART_VAR = "PERSISTENT_AGENT_RESTART"
+_CHECK_SECONDS = 0.1  # how often the link is looked at
+# Detached this long, the node stops waiting for the runtime's own reconnect
+# (whose back-off only grows, see docs/operations.md) and opens a fresh session.
+_FRESH_SESSION_AFTER = 0.5
+_PROBE_PAUSE = 0.25  # between readiness probes of a sentinel that is not back yet
 
 
-async def serve(start: Callable[[Any], Awaitable[None]], root_config: dict[str, Any]) -> None:
+def seconds_setting(name: str, default: float) -> float:
+    """The positive number of seconds in environment variable *name*, or *default*."""
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, not {raw!r}")
+    return value
+
+
+def detached_exit_seconds() -> float:
+    return seconds_setting(DETACHED_EXIT_VAR, DEFAULT_DETACHED_EXIT)
+
+
+class _Health:
+    """The ready file: present and fresh exactly while the node is attached and serving.
+
+    It is rewritten every HEARTBEAT_SECONDS by the event loop that serves, so a
+    fresh one means "serving now", not "started once"; it goes as soon as the
+    node is detached, and comes back when it is attached again.
+    """
+
+    def __init__(self) -> None:
+        raw = os.environ.get(READY_FILE_VAR)
+        self.path = Path(raw) if raw else None
+        self._written = -HEARTBEAT_SECONDS
+
+    def serving(self) -> None:
+        now = time.monotonic()
+        if self.path and now - self._written >= HEARTBEAT_SECONDS:
+            self.path.write_text(str(os.getpid()))
+            self._written = now
+
+    def not_serving(self) -> None:
+        if self.path:
+            self.path.unlink(missing_ok=True)
+        self._written = -HEARTBEAT_SECONDS
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _attach_failure(exc: BaseException) -> bool:
+    """Whether *exc* (raised while creating a fabric) means "could not attach", not a bug.
+
+    A refused connection, a closed one, a handshake answered with an HTTP
+    status (a sentinel still registering its routes answers 403), a timeout.
+    """
+    from naylence.fame.errors import FameConnectError, FameTransportClose
+    from websockets.exceptions import InvalidHandshake
+
+    transient = (FameConnectError, FameTransportClose, InvalidHandshake, OSError, TimeoutError)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, transient):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+async def serve(
+    start: Callable[[Any], Awaitable[None]], root_config: dict[str, Any], *, upstream: bool = False
+) -> None:
     """Run a node with *root_config*, call *start(fabric)*, then serve until a signal.
 
-    Once *start* returns, the node is attached and serving. The ready file (if
-    PERSISTENT_AGENT_READY_FILE is set) is what health checks look at: it is
-    rewritten every HEARTBEAT_SECONDS by the event loop that serves, so a
-    fresh one means "serving now", not "started once". Unavailable storage
-    (a full disk, say) ends the node with its error (exit code 75): the
-    runtime would otherwise go on with its listener dead, answering nothing.
+    Once *start* returns, the node is attached and serving; the ready file
+    (PERSISTENT_AGENT_READY_FILE) says so while it lasts (:class:`_Health`).
+    Unavailable storage (a full disk, say) ends the node with its error (exit
+    code 75): the runtime would otherwise go on with its listener dead,
+    answering nothing.
+
+    A node with an *upstream* (the agent) watches its link to the sentinel.
+    Detached, it opens a fresh session as soon as the sentinel answers ready
+    (:func:`link.sentinel_readiness`), within a second or two of a restart,
+    every time. It exits (:class:`UpstreamLostError`, code 69) only when it
+    stayed detached from a sentinel that was ready to take it for
+    PERSISTENT_AGENT_DETACHED_EXIT_SECONDS (10): while the sentinel is down it
+    waits, not serving, rather than using up its supervisor's restarts.
     """
     from naylence.fame.core import FameFabric
     from naylence.fame.util.logging import enable_logging
 
+    from persistent_agent.node import link
     from persistent_agent.storage import provider
 
     enable_logging(log_level=log_level())
+    limit = detached_exit_seconds() if upstream else 0.0
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -140,23 +233,97 @@ async def serve(start: Callable[[Any], Awaitable[None]], root_config: dict[str, 
         loop.call_soon_threadsafe(stop.set)
 
     provider.on_storage_failure(storage_failed)
-    ready_file = Path(os.environ[READY_FILE_VAR]) if os.environ.get(READY_FILE_VAR) else None
-    async with FameFabric.get_or_create(root_config=root_config) as fabric:
-        logs.drop_noop_tracing(fabric.node)
-        await start(fabric)
+    health = _Health()
+
+    async def paused(seconds: float) -> None:
+        """Sleep *seconds*, or less if asked to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+    outage = _Outage(limit)
+
+    async def session() -> float | None:
+        """One fabric: start it, serve while attached; when the link went, or None."""
+        async with FameFabric.create(root_config=root_config) as fabric:
+            logs.drop_noop_tracing(fabric.node)
+            await start(fabric)
+            outage.over()
+            detached_at: float | None = None
+            try:
+                while not (stop.is_set() or failures):
+                    if not upstream or link.attached(fabric.node):
+                        detached_at = None
+                        health.serving()
+                    else:
+                        health.not_serving()
+                        detached_at = detached_at or time.monotonic()
+                        if time.monotonic() - detached_at >= _FRESH_SESSION_AFTER:
+                            return detached_at
+                    await paused(_CHECK_SECONDS if upstream else HEARTBEAT_SECONDS)
+            finally:
+                health.not_serving()
+        return None
+
+    while not (stop.is_set() or failures):
         try:
-            while not failures:
-                if ready_file:
-                    ready_file.write_text(str(os.getpid()))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
-                if stop.is_set():
-                    break
-        finally:
-            if ready_file:
-                ready_file.unlink(missing_ok=True)
+            if (went := await session()) is None:
+                break
+        except BaseException as exc:
+            if not upstream or find_error(exc) is not None or not _attach_failure(exc):
+                raise
+            outage.failed(exc)
+            went = time.monotonic()
+            await paused(_PROBE_PAUSE)
+        outage.begin(went)
+        # Attach again once the sentinel can take it; the time it has been
+        # ready without our attach succeeding is what counts against the limit.
+        while not (stop.is_set() or failures):
+            if await link.sentinel_readiness() is link.Readiness.READY:
+                outage.sentinel_ready()
+                break
+            outage.sentinel_not_ready()
+            await paused(_PROBE_PAUSE)
     if failures:
         raise failures[0]
+
+
+class _Outage:
+    """A node's time detached from its sentinel, told in two log lines."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.since: float | None = None
+        self.ready_since: float | None = None
+        self.last_error = "no attach yet"
+
+    def begin(self, went: float) -> None:
+        if self.since is None:
+            self.since = went
+            _say("persistent-agent: the link to the sentinel is down; attaching again")
+
+    def failed(self, exc: BaseException) -> None:
+        self.last_error = type(exc).__name__
+
+    def sentinel_not_ready(self) -> None:
+        self.ready_since = None
+
+    def sentinel_ready(self) -> None:
+        now = time.monotonic()
+        self.ready_since = self.ready_since or now
+        if now - self.ready_since > self.limit:
+            url = os.environ.get("FAME_DIRECT_ADMISSION_URL", "the sentinel")
+            raise UpstreamLostError(
+                f"not attached to {url} for {self.limit:g}s although it is ready "
+                f"(last failure: {self.last_error}); set {DETACHED_EXIT_VAR} to wait longer"
+            )
+
+    def over(self) -> None:
+        if self.since is not None:
+            _say(
+                "persistent-agent: attached to the sentinel again, "
+                f"{time.monotonic() - self.since:.1f}s after the link went"
+            )
+        self.since = self.ready_since = None
 
 
 async def _as_coroutine(main: Callable[[], Awaitable[None]]) -> None:
@@ -168,7 +335,13 @@ def run(
     main: Callable[[], Awaitable[None]],
     preflight: Callable[[], None] | None = None,
 ) -> int:
-    """Check settings (and *preflight*), run *main*; our errors become one line, exit 2."""
+    """Check settings (and *preflight*), run *main*; our errors become one line, exit 2.
+
+    A node that lost its sentinel for good (:class:`UpstreamLostError`) exits
+    69 for its supervisor to restart it; with PERSISTENT_AGENT_RESTART=exec
+    (the local launcher, which stays behind no process) it restarts itself in
+    place: the same pid, pid file and log, a fresh process image.
+    """
     try:
         logs.install()  # before the preflight below can use a runtime logger
         load_env()
@@ -182,5 +355,9 @@ def run(
         error = find_error(exc)
         if error is None:
             raise
-        return report(name, error)
+        code = report(name, error)
+        if isinstance(error, UpstreamLostError) and os.environ.get(RESTART_VAR) == "exec":
+            _say(f"{name}: restarting in place")
+            os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606
+        return code
     return 0

@@ -15,9 +15,13 @@ Two things the SDK's ``BaseAgent``/``BaseAgentState`` leave to us:
   in PostgreSQL and other replicas change it too, so nothing is cached: each
   transaction reads the current row and commits with compare-and-set on the
   version it read. :meth:`TransactionalAgent.update_state` retries a change
-  that lost the race (reading again) up to :data:`MAX_ATTEMPTS` times, and can
-  record the result under a request id so that a repeated call returns it
-  instead of applying twice. ``async with self.state`` is one attempt.
+  that lost the race (reading again) up to :data:`MAX_ATTEMPTS` times.
+  ``async with self.state`` is one attempt.
+* **Request ids.** :meth:`TransactionalAgent.update_state` can record its
+  result, with a digest of the call's arguments, under a request id in the
+  same transaction as the change (in PostgreSQL, or in the SQLCipher file of
+  the state), so that a repeated call returns the first result instead of
+  applying twice, and an id reused with other arguments is refused.
 
 Adding a migration: raise ``SCHEMA_VERSION`` by one and add a function from
 the previous version to ``MIGRATIONS`` (keyed by the version it upgrades
@@ -28,6 +32,7 @@ read and written back in the new shape on the next save.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 from collections.abc import Callable
@@ -37,7 +42,12 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 from naylence.agent import BaseAgent, BaseAgentState
 from pydantic import model_validator
 
-from persistent_agent.errors import SharedStateConflictError, StateVersionError
+from persistent_agent.errors import (
+    RequestIdReusedError,
+    SharedStateConflictError,
+    StateVersionError,
+)
+from persistent_agent.storage.provider import Request, RequestLog, SQLCipherKeyValueStore
 from persistent_agent.storage.shared_state import VersionedStore
 
 # How often a change to the shared state is tried against other replicas'
@@ -45,6 +55,12 @@ from persistent_agent.storage.shared_state import VersionedStore
 MAX_ATTEMPTS = 20
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def arguments_digest(arguments: object) -> str:
+    """SHA-256 of *arguments* as canonical JSON: what a request id is recorded with."""
+    text = json.dumps(arguments, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class VersionedAgentState(BaseAgentState):
@@ -165,39 +181,66 @@ class TransactionalAgent(BaseAgent[StateT]):
         model = cast(type[StateT], self._state_model)
         return (model() if text is None else model.model_validate_json(text)), version
 
-    async def _commit(
-        self, state: StateT, version: int, request: tuple[str, str] | None = None
-    ) -> bool:
-        """Save *state*; for the shared state only if it is still at *version*."""
+    async def _commit(self, state: StateT, version: int, request: Request | None = None) -> bool:
+        """Save *state*; for the shared state only if it is still at *version*.
+
+        *request* is recorded in the same transaction where the store keeps
+        request ids; False when its id was recorded first.
+        """
         shared = await self._shared()
-        if shared is None:
-            await self._save_state(state)
+        if shared is not None:
+            return await shared.write_versioned(
+                self._state_key, state.model_dump_json(by_alias=True), version, request
+            )
+        store = self._state_store
+        if request is not None and isinstance(store, SQLCipherKeyValueStore):
+            if not await store.set_recording(self._state_key, state, request):
+                return False
+            self._state_cache = state
             return True
-        return await shared.write_versioned(
-            self._state_key, state.model_dump_json(by_alias=True), version, request
-        )
+        await self._save_state(state)
+        return True
+
+    async def _request_log(self) -> RequestLog | None:
+        """The state's store if it records request ids (both of ours do)."""
+        shared = await self._shared()
+        if shared is not None:
+            return shared
+        store = self._state_store
+        return store if isinstance(store, SQLCipherKeyValueStore) else None
 
     async def update_state(
-        self, change: Callable[[StateT], R], *, request_id: str | None = None
+        self,
+        change: Callable[[StateT], R],
+        *,
+        request_id: str | None = None,
+        arguments: object = None,
     ) -> tuple[R, int]:
         """Apply *change* to the state and save it; returns its result and how many retries.
 
         For the shared state a change that lost the race to another replica is
         applied again to the state read afresh, up to MAX_ATTEMPTS times. With
-        *request_id* the result (JSON) is recorded with the change, and a
-        repeated id returns the recorded result without applying *change*.
+        *request_id* the result (JSON) and a digest of *arguments* are recorded
+        with the change; a repeated id returns the recorded result without
+        applying *change*, and raises :class:`RequestIdReusedError` if its
+        arguments differ (a record from before digests were kept is answered).
         """
+        digest = arguments_digest(arguments)
         async with self._state_lock:
-            shared = await self._shared()
+            log = None if request_id is None else await self._request_log()
             for attempt in range(MAX_ATTEMPTS):
-                if shared is not None and request_id is not None:
-                    recorded = await shared.request_result(request_id)
+                if log is not None and request_id is not None:
+                    recorded = await log.request_record(request_id)
                     if recorded is not None:
-                        return cast(R, json.loads(recorded)), attempt
+                        if recorded.arguments not in (None, digest):
+                            raise RequestIdReusedError(request_id)
+                        return cast(R, json.loads(recorded.result)), attempt
                 state, version = await self._read()
                 draft = _copy(state)
                 result = change(draft)
-                request = None if request_id is None else (request_id, json.dumps(result))
+                request = (
+                    None if request_id is None else Request(request_id, json.dumps(result), digest)
+                )
                 if await self._commit(_copy(draft), version, request):
                     return result, attempt
                 # Another replica wrote first: back off a little, then read again.

@@ -82,13 +82,22 @@ def _local_stop(args: argparse.Namespace) -> int:
 
 @command("local-status", "persistent-agent-admin local-status")
 def _local_status(args: argparse.Namespace) -> int:
-    """Show whether the local sentinel and agent run; exit 1 if either does not."""
+    """Show whether the local sentinel and agent run and serve; exit 1 if either does not.
+
+    The agent serves only while it is attached to the sentinel.
+    """
     nodes = _nodes(args)
     up = True
     for role in ("sentinel", "agent"):
         pid = nodes.pid(role)
-        up = up and pid is not None
-        print(f"{role}: {'running, pid ' + str(pid) if pid else 'stopped'}")
+        serving = pid is not None and nodes.serving(role)
+        up = up and serving
+        if pid is None:
+            print(f"{role}: stopped")
+        elif serving:
+            print(f"{role}: running, pid {pid}, serving")
+        else:
+            print(f"{role}: running, pid {pid}, NOT serving (see {nodes.log_file(role)})")
     return 0 if up else 1
 
 
@@ -217,7 +226,8 @@ def _backup(args: argparse.Namespace) -> int:
 def _restore(args: argparse.Namespace) -> int:
     """Verify a backup, then put it in place of data/ (services stopped; --force to replace)."""
     shared = shared_tools.shared_config(args.config_dir)
-    if shared is not None and (args.backup / shared_tools.BACKUP_FILE).is_file():
+    finishing = backup.unfinished(args.data_dir)  # its shared state was restored before
+    if shared is not None and not finishing and (args.backup / shared_tools.BACKUP_FILE).is_file():
         # Into an empty shared state only, every replica stopped: checked before
         # the local files move.
         rows = shared_tools.restore(shared, args.backup)
@@ -226,6 +236,8 @@ def _restore(args: argparse.Namespace) -> int:
         args.backup, args.config_dir, args.data_dir, args.backups_dir, force=args.force
     )
     aside = f"; previous data kept in {result.set_aside}" if result.set_aside else ""
+    if finishing:
+        aside += " (finished the restore that was interrupted)"
     print(f"restore: {result.restored} databases restored from {args.backup}{aside}")
     return 0
 

@@ -13,20 +13,30 @@ that made them.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from persistent_agent import __version__
-from persistent_agent.errors import BackupError, DatabaseDamagedError, KeyringError
+from persistent_agent.errors import (
+    BackupError,
+    DatabaseDamagedError,
+    KeyringError,
+    RestoreInterruptedError,
+)
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.keyring import Keyring, derived_key
-from persistent_agent.keys.secret_files import write_private
+from persistent_agent.keys.secret_files import sync_directory, write_private
 from persistent_agent.ops import shared_tools
 from persistent_agent.ops.inspection import NodeDatabase, node_databases
 from persistent_agent.ops.node_keys import source_of
@@ -34,10 +44,14 @@ from persistent_agent.storage import database, lock
 from persistent_agent.storage.data_keys import NodeKeys
 from persistent_agent.storage.layout import (
     KEYRING_FILE,
+    LOCK_FILE,
+    NODE_ROLES,
+    RESTORE_JOURNAL,
+    RESTORE_STAGING_PREFIX,
     all_databases,
     namespace_of,
     node_data_dirs,
-    sidecars,
+    unfinished_restore,
 )
 
 MANIFEST = "manifest.json"
@@ -73,7 +87,7 @@ def backup(config_dir: Path, data_dir: Path, backups_dir: Path) -> Path:
     stamp = _stamp()
     # Built under a hidden name, renamed into place only once complete: a
     # failed backup leaves no directory that looks like a backup.
-    partial = _private_dir(backups_dir) / f".{stamp}.partial"
+    partial = _backups_root(backups_dir) / f".{stamp}.partial"
     _private_dir(partial)
     try:
         _write_backup(sources, partial)
@@ -224,40 +238,271 @@ def _sha256_or_none(path: Path) -> str | None:
 def restore(
     backup_dir: Path, config_dir: Path, data_dir: Path, backups_dir: Path, *, force: bool = False
 ) -> RestoreResult:
-    """Put a verified backup in place of data/; existing data is set aside, never dropped.
+    """Put a verified backup in place of data/, all or nothing; replaced data is set aside.
 
-    Holds both nodes' data-directory locks throughout, so no node runs meanwhile.
+    Holds both nodes' data-directory locks throughout, and those of the new
+    directories, which move in with them, so no node runs meanwhile. A restore
+    that was interrupted is finished by running it again with the same backup.
     """
-    with lock.holding(node_data_dirs(data_dir), "restore"):
-        return _restore(verify_backup(backup_dir, config_dir), data_dir, backups_dir, force)
+    journal = data_dir / RESTORE_JOURNAL
+    try:
+        if journal.is_file():
+            record = _unfinished(journal, backup_dir)
+            staging = data_dir / record["staging"]
+            with _locked([*node_data_dirs(data_dir), *(staging / r for r in NODE_ROLES)]):
+                return _finish(record, data_dir)
+        with lock.holding(node_data_dirs(data_dir), "restore"):
+            files = verify_backup(backup_dir, config_dir)
+            existing = all_databases(data_dir)
+            if existing and not force:
+                raise BackupError(
+                    f"{data_dir} already holds {len(existing)} databases; "
+                    "restore --force replaces them (they are kept under backups/)"
+                )
+            return _restore(backup_dir.resolve(), files, data_dir, _backups_root(backups_dir))
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        then = f"; {unfinished_restore(journal)}" if journal.is_file() else ""
+        raise BackupError(f"restore stopped: {where}{exc.strerror or exc}{then}") from None
+
+
+def unfinished(data_dir: Path) -> bool:
+    """Whether a restore into *data_dir* was interrupted (running it again finishes it)."""
+    return (data_dir / RESTORE_JOURNAL).is_file()
+
+
+# Restore builds the new node directories in data/.restoring-<time>/<role>/,
+# complete and synced, then writes its journal (data/restore-journal.json,
+# a copy in every node directory): from then on it only rolls forward, and
+# every node and tool refuses those directories until it is done. Each node
+# directory is swapped with its new one by one atomic exchange (two renames
+# where the system has none); the old one is parked in .restoring-<time>/replaced/
+# and then moved to backups/replaced-<time>/. Every step can be redone after a
+# kill: which of the two directories is which, the copy in each says.
+_PARKED = "replaced"
+_NEW, _OLD = "new", "old"
 
 
 def _restore(
-    files: list[NodeDatabase], data_dir: Path, backups_dir: Path, force: bool
+    backup_dir: Path, files: list[NodeDatabase], data_dir: Path, backups_dir: Path
 ) -> RestoreResult:
-    existing = all_databases(data_dir)
-    if existing and not force:
-        raise BackupError(
-            f"{data_dir} already holds {len(existing)} databases; "
-            "restore --force replaces them (they are kept under backups/)"
+    # What a restore killed before its journal left: a partial copy of a
+    # backup, never data. Nothing was swapped, so dropping it rolls that back.
+    for stale in data_dir.glob(RESTORE_STAGING_PREFIX + "*/"):
+        if (stale / _PARKED).exists():  # never so by design; no data is dropped to find out
+            raise BackupError(f"{stale / _PARKED} holds replaced data; move it away first")
+        shutil.rmtree(stale)
+    stamp = _stamp()
+    staging = _private_dir(data_dir / (RESTORE_STAGING_PREFIX + stamp))
+    record: dict[str, Any] = {
+        "backup": str(backup_dir),
+        "staging": staging.name,
+        "replaced": str((backups_dir / f"replaced-{stamp}").absolute()),
+        "restored": len(files),
+        "nodes": {},
+    }
+    for role in NODE_ROLES:
+        new = _private_dir(staging / role)
+        sources = [db.path for db in files if db.role == role]
+        keyring = backup_dir / role / KEYRING_FILE
+        if keyring.is_file():
+            sources.insert(0, keyring)
+        for source in sources:
+            _copy_into(source, new / source.name)
+        record["nodes"][role] = {source.name: _sha256(new / source.name) for source in sources}
+        _mark(new, record, _NEW)
+    with _locked([staging / role for role in NODE_ROLES]):
+        write_private(data_dir / RESTORE_JOURNAL, json.dumps(record, indent=2) + "\n")
+        for role in NODE_ROLES:
+            if (data_dir / role).is_dir():
+                _mark(data_dir / role, record, _OLD)
+        return _finish(record, data_dir)
+
+
+def _mark(directory: Path, record: dict[str, Any], side: str) -> None:
+    """The journal's copy in a node directory, saying whether it is the new one or the old."""
+    mark = {"backup": record["backup"], "staging": record["staging"], "side": side}
+    write_private(directory / RESTORE_JOURNAL, json.dumps(mark) + "\n")
+
+
+def _side(directory: Path) -> str | None:
+    try:
+        side = json.loads((directory / RESTORE_JOURNAL).read_text())["side"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return side if side in (_NEW, _OLD) else None
+
+
+def _unfinished(journal: Path, backup_dir: Path) -> dict[str, Any]:
+    """The journal of an interrupted restore, if *backup_dir* is its backup."""
+    try:
+        record: dict[str, Any] = json.loads(journal.read_text())
+        same = Path(record["backup"]) == backup_dir.resolve()
+        if not {"nodes", "staging", "replaced", "restored"} <= record.keys():
+            raise KeyError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BackupError(f"{journal} is unreadable; it was not written by restore") from None
+    if not same:
+        raise RestoreInterruptedError(
+            unfinished_restore(journal) + f", before restoring {backup_dir}"
         )
-    # Keyrings go aside with the databases (or alone, when those were lost).
-    existing += [k for d in node_data_dirs(data_dir) if (k := d / KEYRING_FILE).exists()]
-    set_aside = None
-    if existing:
-        set_aside = _private_dir(backups_dir) / f"replaced-{_stamp()}"
-        for path in existing:
-            role_dir = _private_dir(set_aside / path.parent.name)
-            for f in (path, *sidecars(path)):
-                if f.exists():
-                    shutil.move(f, role_dir / f.name)
-    # The keyrings first: a database in place is then always openable.
-    keyrings = {db.keys.path for db in files if db.keys.path.is_file()}
-    for path in sorted(keyrings):
-        _copy_into(path, _private_dir(data_dir / path.parent.name) / KEYRING_FILE)
-    for db in files:
-        _copy_into(db.path, _private_dir(data_dir / db.role) / db.path.name)
-    return RestoreResult(len(files), set_aside)
+    return record
+
+
+def _finish(record: dict[str, Any], data_dir: Path) -> RestoreResult:
+    staging = data_dir / record["staging"]
+    parked = staging / _PARKED
+    for role, expected in record["nodes"].items():
+        node, new = data_dir / role, staging / role
+        if _side(new) == _NEW:
+            _check_staged(new, expected)
+            _private_dir(parked)
+            if not node.exists():  # no old one, or parked by a rename before a kill
+                os.rename(new, node)
+            elif _exchange(node, new):
+                os.rename(new, parked / role)  # *new* now names the old directory
+            else:
+                os.rename(node, parked / role)
+                os.rename(new, node)
+        elif new.is_dir():  # exchanged, the old one not yet parked
+            _private_dir(parked)
+            os.rename(new, parked / role)
+        if not node.is_dir():
+            raise BackupError(f"{node} is missing, and {new} too; {staging} is left as it is")
+        sync_directory(data_dir)
+    aside = Path(record["replaced"])
+    for role in record["nodes"]:
+        if (parked / role).is_dir():
+            _set_aside(parked / role, aside / role)
+    if parked.is_dir():
+        parked.rmdir()  # empty now; fails, keeping it, if anything is left in it
+    for role in record["nodes"]:
+        _drop_journal(data_dir / role)
+    _drop_journal(data_dir)  # the last step: from here on, the restore is done
+    sync_directory(data_dir)
+    shutil.rmtree(staging)
+    return RestoreResult(int(record["restored"]), aside if aside.is_dir() else None)
+
+
+def _drop_journal(directory: Path) -> None:
+    """Remove the journal (or its copy) from *directory*, and any temporary file that a
+    kill while it was written left (write_private's ``.<name>.*.tmp``)."""
+    for leftover in directory.glob(f".{RESTORE_JOURNAL}.*.tmp"):
+        leftover.unlink()
+    (directory / RESTORE_JOURNAL).unlink(missing_ok=True)
+
+
+def _check_staged(directory: Path, expected: dict[str, str]) -> None:
+    """Refuse to swap in a new directory that no longer holds what restore copied there."""
+    for name, digest in expected.items():
+        if _sha256_or_none(directory / name) != digest:
+            raise BackupError(
+                f"{directory / name}, copied there by restore, is missing or changed; "
+                "no node directory was swapped with it"
+            )
+
+
+def _set_aside(old: Path, dest: Path) -> None:
+    """Move a replaced node directory to backups/replaced-<time>/ (dropped if it held no
+    data: only the lock, or nothing); copied when backups/ is on another filesystem."""
+    _drop_journal(old)
+    (old / LOCK_FILE).unlink(missing_ok=True)  # not data; the node's lock is the new one's
+    if not any(old.iterdir()):
+        old.rmdir()
+        return
+    _private_dir(dest.parent)
+    if dest.is_dir():  # copied across filesystems by a run that stopped before the removal
+        shutil.rmtree(old)
+        return
+    try:
+        os.rename(old, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        partial = dest.with_name(f".{dest.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(old, partial, copy_function=_copy_synced)
+        os.rename(partial, dest)
+        shutil.rmtree(old)
+    sync_directory(dest.parent)
+
+
+def _copy_synced(source: str, target: str) -> None:
+    shutil.copy2(source, target)
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(directories: list[Path]) -> Iterator[None]:
+    """Hold the lock of each of *directories* that exists (none is created: a missing node
+    directory is one a restore moved away, and must stay missing until it is finished)."""
+    keys: list[Path] = []
+    try:
+        for directory in directories:
+            if directory.is_dir():
+                keys.append(lock.acquire(directory, "restore"))
+        yield
+    finally:
+        for key in reversed(keys):
+            lock.release(key)
+
+
+# renameat2(2)'s RENAME_EXCHANGE: swaps two directories in one step, so a node
+# directory is never missing, not even for an instant (Linux 3.15, glibc 2.28).
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap *a* and *b* atomically; False where the system cannot (then nothing moved)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    sys.audit("persistent_agent.rename_exchange", a, b)
+    if renameat2(_AT_FDCWD, bytes(a), _AT_FDCWD, bytes(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
+
+
+def _backups_root(backups_dir: Path) -> Path:
+    """The backups directory, created owner-only if missing; one line if it cannot be one.
+
+    A symbolic link is used as it is, its target's mode left alone: that
+    directory (on another disk, say) was made by someone else. What restore
+    and backup put in it stays private anyway, since each backup and each
+    replaced-* directory is created 0700 with 0600 files.
+    """
+    if backups_dir.is_symlink():
+        if not backups_dir.is_dir():
+            raise BackupError(
+                f"{backups_dir} is a symbolic link to {os.readlink(backups_dir)}, which is not "
+                "a directory; point it at one, or give --backups-dir another path"
+            )
+        return backups_dir
+    if backups_dir.exists() and not backups_dir.is_dir():
+        raise BackupError(
+            f"{backups_dir} is a file, not a directory; move it away, or give --backups-dir "
+            "another path"
+        )
+    try:
+        return _private_dir(backups_dir)
+    except OSError as exc:
+        raise BackupError(f"cannot create {backups_dir} ({exc.strerror})") from None
 
 
 def _copy_into(source: Path, target: Path) -> None:

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from persistent_agent.errors import KeyringError, PersistentAgentError, WrongKeyError
+from persistent_agent.ops.config_files import pending_key_file
 from persistent_agent.ops.node_keys import keys_of
-from persistent_agent.storage import database
-from persistent_agent.storage.data_keys import NodeKeys, wrong_key
+from persistent_agent.storage import database, layout
+from persistent_agent.storage.data_keys import NodeKeys, lost_databases, wrong_key
 from persistent_agent.storage.layout import (
+    KEYRING_FILE,
     NODE_ROLES,
     database_files,
     file_name,
@@ -57,8 +59,36 @@ class Report:
         return f"ok    {self.path} ({self.entries} entries)"
 
 
+def refuse_unfinished_restore(data_dir: Path) -> None:
+    """Refuse to read data/ while a restore into it is unfinished, with the line that says
+    how to finish it: until then a node directory may be the old one, the new one, or
+    missing."""
+    for directory in node_data_dirs(data_dir):
+        layout.refuse_unfinished_restore(directory)
+
+
+def refuse_interrupted_rotation(config_dir: Path, data_dir: Path) -> None:
+    """Fail with the line a node gives when a rotate-key stopped half-way through its
+    directory: a re-encryption's keyring holding the keys it was moving to, or (while the
+    new key still waits in config/master.key.next) a keyring already under the new key."""
+    rotating = pending_key_file(config_dir).exists()
+    moved: KeyringError | None = None
+    for role in NODE_ROLES:
+        if not (data_dir / role / KEYRING_FILE).is_file():
+            continue
+        try:
+            keys = keys_of(config_dir, data_dir, role)
+        except KeyringError as error:  # damaged, or under another key: see verify's lines
+            moved = moved or (error if rotating else None)
+            continue
+        keys.refuse_pending()
+    if moved is not None:
+        raise moved
+
+
 def node_databases(config_dir: Path, data_dir: Path) -> list[NodeDatabase]:
     """Every database of both nodes, with the keys its node's config and keyring give."""
+    refuse_unfinished_restore(data_dir)
     found = []
     for role in NODE_ROLES:
         paths = database_files(data_dir / role)
@@ -73,6 +103,7 @@ def namespace_rows(config_dir: Path, data_dir: Path, role: str, namespace: str) 
 
     No file for it means no rows.
     """
+    refuse_unfinished_restore(data_dir)
     path = data_dir / role / file_name(namespace)
     if not path.is_file():
         return {}
@@ -115,7 +146,13 @@ def verify(config_dir: Path, data_dir: Path) -> list[Report]:
     A stray file is flagged, not judged: a plaintext database written by
     another storage profile, a leftover of an interrupted operation, or
     something put there by hand. verify touches none of them.
+
+    An unfinished restore or key rotation stops it with the one line a node
+    gives, which says how to finish it: file by file, every file it already
+    moved would fail as undecryptable, and none of those lines names the fix.
     """
+    refuse_unfinished_restore(data_dir)
+    refuse_interrupted_rotation(config_dir, data_dir)
     reports = []
     for role in NODE_ROLES:
         paths = database_files(data_dir / role)
@@ -125,11 +162,21 @@ def verify(config_dir: Path, data_dir: Path) -> list[Report]:
             reports += [Report(path, None, str(error)) for path in paths]
             continue
         reports += [check(NodeDatabase(role, path, keys)) for path in paths if keys]
+    reports += _lost(data_dir)
     for directory in node_data_dirs(data_dir):
         reports += [
             Report(path, None, "not a file of persistent-agent (left as it is)")
             for path in foreign_files(directory)
         ]
+    return reports
+
+
+def _lost(data_dir: Path) -> list[Report]:
+    """A database that its node's keyring proves existed, missing from the disk."""
+    reports = []
+    for directory in node_data_dirs(data_dir):
+        with contextlib.suppress(KeyringError):  # a damaged keyring fails its node's files
+            reports += [Report(e.path, None, str(e)) for e in lost_databases(directory)]
     return reports
 
 

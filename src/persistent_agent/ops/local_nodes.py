@@ -23,7 +23,12 @@ import psutil
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.node.caller import START_HINT_VAR
 from persistent_agent.node.sentinel import DEFAULT_HOST, HOST_VAR
-from persistent_agent.node.serving import ENV_FILE_VAR, READY_FILE_VAR
+from persistent_agent.node.serving import (
+    ENV_FILE_VAR,
+    HEARTBEAT_SECONDS,
+    READY_FILE_VAR,
+    RESTART_VAR,
+)
 from persistent_agent.ops.config_files import env_file
 
 _NODE_SETTINGS = ("FAME_", "PERSISTENT_AGENT_")
@@ -82,6 +87,10 @@ class LocalNodes:
         if role in MODULES:
             env["FAME_STORAGE_DB_DIRECTORY"] = str((self.data_dir / role).resolve())
             env[READY_FILE_VAR] = str(self.ready_file(role).resolve())
+        if role == "agent":
+            # No supervisor stays behind local-start: a node that must restart
+            # (detached from a ready sentinel for too long) does it in place.
+            env[RESTART_VAR] = "exec"
         if role == "sentinel":
             env["FAME_LISTENER_PORT"] = str(self.port)
             env[HOST_VAR] = self.host
@@ -156,6 +165,18 @@ class LocalNodes:
                 )
             time.sleep(0.05)
         return process.pid
+
+    def serving(self, role: str) -> bool:
+        """Whether *role* says it is serving now: its ready file is fresh.
+
+        A node rewrites it every HEARTBEAT_SECONDS while it serves (the agent:
+        while it is attached to the sentinel) and removes it when it is not.
+        """
+        try:
+            age = time.time() - self.ready_file(role).stat().st_mtime
+        except OSError:
+            return False
+        return age < 5 * HEARTBEAT_SECONDS
 
     def last_line(self, role: str) -> str:
         try:

@@ -53,6 +53,7 @@ from persistent_agent.ops.config_files import (
     pending_key_file,
     read_env,
 )
+from persistent_agent.ops.inspection import refuse_unfinished_restore
 from persistent_agent.ops.node_keys import source_of
 from persistent_agent.storage import database, lock
 from persistent_agent.storage.data_keys import NodeKeys
@@ -114,6 +115,7 @@ def rotate(
     Holds both nodes' data-directory locks throughout, so no node runs meanwhile.
     """
     refuse_replicas(data_dir)
+    refuse_unfinished_restore(data_dir)
     with lock.holding(node_data_dirs(data_dir), "rotate-key"):
         return _rotate(config_dir, data_dir, backups_dir, reencrypt)
 
@@ -199,6 +201,9 @@ def _rotate(config_dir: Path, data_dir: Path, backups_dir: Path, reencrypt: bool
     # moving to) before anything is written: a wrong key changes nothing.
     nodes = {d: _node_keys(d, old, new) for d in dirs}
     for directory, keys in nodes.items():
+        # A database the keyring knows but the disk lacks is damage: re-keying
+        # would drop its entry, and with it the proof that it existed.
+        keys.refuse_lost()
         for path in database_files(directory):
             if not (_opens(path, keys.key_for(path)) or _opens(path, _pending(keys, new, path))):
                 raise WrongKeyError(path)

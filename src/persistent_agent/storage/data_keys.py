@@ -5,16 +5,28 @@ their data keys, wrapped by the master key (keys/keyring.py). A database with
 no keyring entry was written before keyrings: its key is the one derived from
 the master key, and the keyring adopts it as it is (the first start or
 rotate-key does that), so upgrading rewrites no database file.
+
+A keyring entry also proves that its file existed: a new database's key is
+saved *reserved* before the file is created, and the reservation is dropped
+once the file is on disk. A file missing for an entry that is not reserved
+was deleted or moved, and is reported as damage, never created anew; a
+reserved entry without its file is a creation that a crash cut short, and
+the file is created with the key already saved.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from persistent_agent.errors import KeyringError, WrongKeyError
+from persistent_agent.errors import DatabaseDamagedError, KeyringError, WrongKeyError
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.keyring import Keyring, derived_key, new_data_key
-from persistent_agent.storage.layout import KEYRING_FILE, database_files, namespace_of
+from persistent_agent.storage.layout import (
+    DB_SUFFIX,
+    KEYRING_FILE,
+    database_files,
+    namespace_of,
+)
 
 
 class NodeKeys:
@@ -63,6 +75,43 @@ class NodeKeys:
         known = self.keyring.keys if self.keyring is not None else {}
         return [p for p in database_files(self.directory) if namespace_of(p) not in known]
 
+    def lost(self) -> list[Path]:
+        """Databases the keyring proves existed (entries not reserved) that are not on disk."""
+        return _lost(self.directory, self.keyring)
+
+    def refuse_lost(self) -> None:
+        """Fail, naming the first one, when a database the keyring knows is not on disk."""
+        if lost := self.lost():
+            raise lost_error(lost[0], self.path)
+
+    def key_for_new(self, path: Path) -> bytes:
+        """The key to create *path* (not on disk) with: a new random one, saved reserved
+        before it is used, or the one a creation cut short by a crash reserved.
+
+        An entry that is not reserved means the file existed: that is damage.
+        """
+        namespace = namespace_of(path)
+        if self.keyring is not None and namespace in self.keyring.keys:
+            if namespace not in self.keyring.reserved:
+                raise lost_error(path, self.path)
+            return self.key_for(path)
+        key = new_data_key()
+        keyring = self.keyring or self.empty_keyring()
+        self._save(keyring.with_key(self.source.wrapper, namespace, key, reserve=True))
+        return key
+
+    def confirm(self) -> None:
+        """Drop the reservations of the databases now on disk (saving only if any)."""
+        if self.keyring is None:
+            return
+        created = {
+            namespace
+            for namespace in self.keyring.reserved
+            if (self.directory / (namespace + DB_SUFFIX)).exists()
+        }
+        if created:
+            self._save(self.keyring.confirmed(created))
+
     def empty_keyring(self) -> Keyring:
         return Keyring(node=self.directory.name, wrapped_by=self.fingerprint)
 
@@ -73,17 +122,35 @@ class NodeKeys:
             keyring = keyring.with_key(self.source.wrapper, namespace_of(path), self.key_for(path))
         self._save(keyring)
 
-    def create(self, namespace: str) -> bytes:
-        """A new random data key for a database not yet created, saved before it is used."""
-        key = new_data_key()
-        self._save(
-            (self.keyring or self.empty_keyring()).with_key(self.source.wrapper, namespace, key)
-        )
-        return key
-
     def _save(self, keyring: Keyring) -> None:
         keyring.save(self.path)
         self.keyring = keyring
+
+
+def _lost(directory: Path, keyring: Keyring | None) -> list[Path]:
+    if keyring is None:
+        return []
+    return [
+        path
+        for namespace in sorted(keyring.keys)
+        if namespace not in keyring.reserved
+        and not (path := directory / (namespace + DB_SUFFIX)).exists()
+    ]
+
+
+def lost_error(path: Path, keyring_path: Path) -> DatabaseDamagedError:
+    return DatabaseDamagedError(
+        path,
+        f"the file is missing, but {keyring_path} holds its data key, so it existed: it was "
+        "deleted or moved; put it back, or restore a backup (make restore)",
+    )
+
+
+def lost_databases(directory: Path) -> list[DatabaseDamagedError]:
+    """What is wrong with each database of *directory* that its keyring knows and the disk
+    lacks; reads the keyring only (no key needed), :class:`KeyringError` if it is damaged."""
+    keyring_path = directory / KEYRING_FILE
+    return [lost_error(p, keyring_path) for p in _lost(directory, Keyring.load(keyring_path))]
 
 
 def wrong_key(path: Path, keys: NodeKeys) -> KeyringError | WrongKeyError:

@@ -30,6 +30,7 @@ from persistent_agent.errors import (
     StorageReadOnlyError,
     WrongKeyError,
 )
+from persistent_agent.keys.secret_files import sync_directory
 
 # Every exception sqlcipher3 raises, and what a damaged page raises; callers
 # outside this module catch them by these names.
@@ -38,6 +39,18 @@ DatabaseError = sqlcipher.DatabaseError
 
 TABLE = "kv"
 SCHEMA_VERSION = 1
+# The request ids of idempotent calls (``increment``) and what they did,
+# recorded in the same transaction as the state change; made in a database
+# only when it first records one.
+REQUESTS_TABLE = "requests"
+REQUESTS_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {REQUESTS_TABLE} ("
+    " id TEXT PRIMARY KEY,"
+    " arguments TEXT,"
+    " result TEXT NOT NULL,"
+    " created_at REAL NOT NULL"
+    ")"
+)
 
 # SQLCipher 4's cipher_page_size, which this project never changes: a sound
 # database file is always a whole number of these pages, never empty.
@@ -490,16 +503,27 @@ def confirm(path: Path, key: bytes, expected_rows: int) -> None:
         raise DatabaseDamagedError(path, f"holds {found} entries, expected {expected_rows}")
 
 
+def sync_created(path: Path) -> None:
+    """Make a newly created *path* durable: its bytes, and its name in the directory.
+
+    Its keyring entry stops being a reservation after this, and from then
+    on a missing file is reported as damage, so the file must not vanish
+    with a power cut that the keyring survives.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    sync_directory(path.parent)
+
+
 def replace_durably(source: Path, target: Path) -> None:
     """fsync *source*, rename it over *target* atomically, fsync the directory."""
     with open(source, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(source, target)
-    fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_directory(target.parent)
 
 
 def rows(conn: Connection) -> list[tuple[str, str]]:

@@ -8,8 +8,11 @@ installed, e.g. on a machine that only runs the Docker demo.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
+
+from persistent_agent.errors import RestoreInterruptedError
 
 DB_SUFFIX = "_encrypted_value.db"
 SIDECAR_SUFFIXES = ("-wal", "-shm")
@@ -18,6 +21,11 @@ NODE_ROLES = ("sentinel", "agent")
 LOCK_FILE = "persistent-agent.lock"
 # The node's data keys, wrapped by the master key (see storage/data_keys.py).
 KEYRING_FILE = "keyring.json"
+# A restore in progress (ops/backup.py): its journal, in the data directory and
+# in every node directory it swaps, and the directory it builds the new node
+# directories in, beside the old ones (``data/.restoring-<time>/``).
+RESTORE_JOURNAL = "restore-journal.json"
+RESTORE_STAGING_PREFIX = ".restoring-"
 
 _SAFE_NAMESPACE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -53,11 +61,12 @@ def sidecars(path: Path) -> list[Path]:
 
 def is_ours(name: str) -> bool:
     """Whether a file named *name* in a node's data directory is one this project writes:
-    a database, a sidecar SQLite keeps beside one, the keyring, or the one-writer lock."""
+    a database, a sidecar SQLite keeps beside one, the keyring, the one-writer lock, or
+    the journal of a restore in progress."""
     base = name.removesuffix("-journal")
     for suffix in SIDECAR_SUFFIXES:
         base = base.removesuffix(suffix)
-    return base.endswith(DB_SUFFIX) or name in (LOCK_FILE, KEYRING_FILE)
+    return base.endswith(DB_SUFFIX) or name in (LOCK_FILE, KEYRING_FILE, RESTORE_JOURNAL)
 
 
 def foreign_files(directory: Path) -> list[Path]:
@@ -75,3 +84,36 @@ def node_data_dirs(data_dir: Path) -> list[Path]:
 def all_databases(data_dir: Path) -> list[Path]:
     """Every encrypted database of both nodes."""
     return [db for d in node_data_dirs(data_dir) for db in database_files(d)]
+
+
+def restore_journal(node_dir: Path) -> Path | None:
+    """The journal of an unfinished restore that swaps *node_dir*, if there is one.
+
+    It is looked for in the node directory and in the data directory above it:
+    a container sees only its own node directory, and a local node started
+    while restore swaps directories may find its own missing for an instant.
+    """
+    for journal in (node_dir / RESTORE_JOURNAL, node_dir.parent / RESTORE_JOURNAL):
+        if journal.is_file():
+            return journal
+    return None
+
+
+def unfinished_restore(journal: Path) -> str:
+    """The one line that says how to finish the restore that *journal* records."""
+    try:
+        backup = json.loads(journal.read_text())["backup"]
+    except (OSError, ValueError, KeyError, TypeError):
+        backup = "<the same backup>"
+    return (
+        f"a restore of {backup} was interrupted; run `make restore BACKUP={backup} FORCE=1` "
+        "again to finish it"
+    )
+
+
+def refuse_unfinished_restore(node_dir: Path) -> None:
+    """Refuse to use *node_dir* while a restore that swaps it is unfinished: it may be
+    missing, or be the old directory or the new one, until that restore is run again."""
+    journal = restore_journal(node_dir)
+    if journal is not None:
+        raise RestoreInterruptedError(unfinished_restore(journal))

@@ -10,17 +10,19 @@ that does not decrypt is reported, never renamed or recreated.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from naylence.fame.storage.key_value_store import KeyValueStore
 from naylence.fame.storage.storage_provider import StorageProvider
 from naylence.fame.util.logging import getLogger
 from pydantic import BaseModel
 
-from persistent_agent.errors import StorageUnavailableError, WrongKeyError
+from persistent_agent.errors import PersistentAgentError, StorageUnavailableError, WrongKeyError
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.master_key import MasterKey
 from persistent_agent.storage import database, layout, lock
@@ -29,6 +31,40 @@ from persistent_agent.storage.data_keys import NodeKeys, wrong_key
 V = TypeVar("V", bound=BaseModel)
 
 logger = getLogger(__name__)
+
+# How long a request id is remembered: far longer than a client retries one
+# call (node.increments.INCREMENT_DEADLINE). Older records are pruned.
+REQUEST_WINDOW_SECONDS = 3600
+# Pruning runs once every this many recorded requests.
+_PRUNE_EVERY = 256
+
+
+class Request(NamedTuple):
+    """An idempotent call, recorded with the state change it made.
+
+    *arguments* is a digest of the call's arguments (``node.state``), so that
+    an id sent again with other arguments is refused rather than answered.
+    """
+
+    id: str
+    result: str  # JSON
+    arguments: str | None = None
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """What a store recorded for a request id; *arguments* None for records made
+    before arguments were recorded (they are answered as before)."""
+
+    result: str
+    arguments: str | None
+
+
+@runtime_checkable
+class RequestLog(Protocol):
+    """A store that records request ids with the state change they made."""
+
+    async def request_record(self, request_id: str) -> RecordedRequest | None: ...
 
 
 # Who to tell when storage fails under a running node. The runtime calls our
@@ -63,9 +99,10 @@ def dump_value(model_cls: type[V], value: V) -> str:
 class SQLCipherKeyValueStore(KeyValueStore[V]):
     """A namespace's key-value view, typed by one pydantic model.
 
-    Each call is a single autocommit statement run to completion before the
-    coroutine returns, so an acknowledged write is committed, and the event
-    loop never sees a half-done operation (no lock is needed).
+    Each call is a single autocommit statement (or, for :meth:`set_recording`,
+    one transaction) run to completion before the coroutine returns, so an
+    acknowledged write is committed, and the event loop never sees a half-done
+    operation (no lock is needed).
     """
 
     # Built once: these run on every RPC's hot path.
@@ -82,6 +119,8 @@ class SQLCipherKeyValueStore(KeyValueStore[V]):
         self._model_cls = model_cls
         self._path = path
         self._validate_json = model_cls.model_validate_json
+        self._requests_table = False
+        self._recorded = 0
 
     def _execute(self, sql: str, parameters: tuple[object, ...]) -> database.Cursor:
         try:
@@ -111,6 +150,60 @@ class SQLCipherKeyValueStore(KeyValueStore[V]):
 
     async def delete(self, key: str) -> None:
         self._execute(self._DELETE, (key,))
+
+    async def request_record(self, request_id: str) -> RecordedRequest | None:
+        """What was recorded for *request_id* (see :meth:`set_recording`), if anything."""
+        if not self._has_requests():
+            return None
+        row = self._execute(
+            f"SELECT result, arguments FROM {database.REQUESTS_TABLE} WHERE id = ?",
+            (request_id,),
+        ).fetchone()
+        return None if row is None else RecordedRequest(str(row[0]), row[1])
+
+    async def set_recording(self, key: str, value: V, request: Request) -> bool:
+        """Store *value* and record *request* in one transaction; False (nothing
+        written) when its id is already recorded."""
+        text = dump_value(self._model_cls, value)
+        now = time.time()
+        self._execute("BEGIN IMMEDIATE", ())
+        try:
+            if not self._has_requests():
+                self._execute(database.REQUESTS_SCHEMA, ())
+            cursor = self._execute(
+                f"INSERT INTO {database.REQUESTS_TABLE} (id, arguments, result, created_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+                (request.id, request.arguments, request.result, now),
+            )
+            if cursor.rowcount != 1:
+                self._execute("ROLLBACK", ())
+                return False
+            self._execute(self._UPSERT, (key, text, now))
+            self._recorded += 1
+            if self._recorded % _PRUNE_EVERY == 0:
+                self._execute(
+                    f"DELETE FROM {database.REQUESTS_TABLE} WHERE created_at < ?",
+                    (now - REQUEST_WINDOW_SECONDS,),
+                )
+            self._execute("COMMIT", ())
+        except BaseException:
+            with contextlib.suppress(database.Error, PersistentAgentError):
+                self._conn.execute("ROLLBACK")
+            raise
+        self._requests_table = True
+        return True
+
+    def _has_requests(self) -> bool:
+        # Made by the first recorded request, so that no other file gets it.
+        if not self._requests_table:
+            self._requests_table = (
+                self._execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    (database.REQUESTS_TABLE,),
+                ).fetchone()
+                is not None
+            )
+        return self._requests_table
 
     async def list(self) -> dict[str, V]:
         result: dict[str, V] = {}
@@ -161,10 +254,16 @@ class SQLCipherStorageProvider(StorageProvider):
             self.key_source = key_source
             self._keys = NodeKeys(self._directory, key_source)
             self._keys.refuse_pending()
+            # A database the keyring proves existed but the disk lacks was
+            # deleted or moved: refused like a damaged file, before any write.
+            self._keys.refuse_lost()
             for path in layout.database_files(self._directory):
                 self._connection(path, check=True)
             if missing := self._keys.missing():
                 self._keys.adopt(missing)
+            # A creation a crash cut short after its file appeared.
+            with database.storage_errors(self._keys.path):
+                self._keys.confirm()
         except BaseException:
             self.close()
             raise
@@ -175,22 +274,30 @@ class SQLCipherStorageProvider(StorageProvider):
 
     def _connection(self, path: Path, *, check: bool = False) -> database.Connection:
         if path.name not in self._connections:
-            # A new database gets a random data key, in the keyring before the file exists.
-            if path.exists():
-                key = self._keys.key_for(path)
-            else:
+            # A new database gets a random data key, saved in the keyring
+            # (reserved) before the file exists, and confirmed once it does.
+            new = not path.exists()
+            if new:
                 with database.storage_errors(self._keys.path):
-                    key = self._keys.create(layout.namespace_of(path))
+                    key = self._keys.key_for_new(path)
+            else:
+                key = self._keys.key_for(path)
             try:
                 self._connections[path.name] = database.open_database(
                     path,
                     key,
+                    create=new,
                     synchronous=self._synchronous,
                     busy_timeout=self._busy_timeout,
                     check=check,
                 )
             except WrongKeyError:
                 raise wrong_key(path, self._keys) from None
+            if new:
+                with database.storage_errors(path):
+                    database.sync_created(path)
+                with database.storage_errors(self._keys.path):
+                    self._keys.confirm()
         return self._connections[path.name]
 
     async def get_kv_store(self, model_cls: type[V], namespace: str) -> KeyValueStore[V]:

@@ -16,9 +16,11 @@ of the namespace, an HMAC of the key, a version number and a sealed blob.
   (``UPDATE … WHERE version = expected``); a write that lost the race says so
   and the caller reads again.
 * **Requests** (``pa_requests``). An idempotent call stores its request id
-  (as an HMAC) and its sealed result in the same transaction as the state
-  change, so a retried id returns the first result instead of applying twice.
-  Entries older than :data:`REQUEST_WINDOW` are pruned.
+  (as an HMAC) and, sealed together, its result and a digest of its
+  arguments, in the same transaction as the state change, so a retried id
+  returns the first result instead of applying twice, and an id reused with
+  other arguments is refused. Entries older than
+  :data:`~persistent_agent.storage.provider.REQUEST_WINDOW_SECONDS` are pruned.
 * **Liveness.** Each replica holds a shared advisory lock for as long as it
   runs; tools that need every replica stopped take it exclusively.
 
@@ -56,7 +58,12 @@ from persistent_agent.errors import (
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.keyring import NONCE_BYTES, KeyWrapper
 from persistent_agent.keys.master_key import KEY_BYTES
-from persistent_agent.storage.provider import dump_value
+from persistent_agent.storage.provider import (
+    REQUEST_WINDOW_SECONDS,
+    RecordedRequest,
+    Request,
+    dump_value,
+)
 
 V = TypeVar("V", bound=BaseModel)
 
@@ -70,8 +77,6 @@ ROWS_TABLE = "pa_state"
 REQUESTS_TABLE = "pa_requests"
 # The names of the two shared keys in pa_keyring.
 KEY_NAMES = ("data", "hmac")
-# Kept far longer than a client retries one call (caller.INCREMENT_DEADLINE).
-REQUEST_WINDOW_SECONDS = 3600
 # Advisory lock ids (pg_advisory_lock takes a bigint): "pa" + purpose.
 SCHEMA_LOCK = 0x7061_0001
 REPLICAS_LOCK = 0x7061_0002
@@ -144,7 +149,13 @@ def _row_ad(namespace_mac: bytes, key_mac: bytes, version: int) -> bytes:
 
 
 def _request_ad(id_mac: bytes) -> bytes:
+    """A request record's associated data before arguments were recorded (result only)."""
     return b"pa-request\x00" + id_mac
+
+
+def _request_ad_v2(id_mac: bytes) -> bytes:
+    """A request record that holds ``{"result": …, "arguments": digest}``."""
+    return b"pa-request-v2\x00" + id_mac
 
 
 @dataclass(frozen=True)
@@ -339,11 +350,11 @@ class SharedState:
         key: str,
         value: str,
         expected: int,
-        request: tuple[str, str] | None = None,
+        request: Request | None = None,
     ) -> bool:
         """Store *value* if the row is still at version *expected* (0: absent).
 
-        With *request* (id, result JSON), also record the result under the id,
+        With *request*, also record its result and arguments under its id,
         in the same transaction. False when another write (or the same request
         id) got there first; nothing is changed then.
         """
@@ -370,12 +381,15 @@ class SharedState:
                 if cur.rowcount != 1:
                     raise _Lost
                 if request is not None:
-                    request_id, result = request
-                    id_mac = self._keys.mac("request", request_id)
+                    id_mac = self._keys.mac("request", request.id)
+                    record = json.dumps(
+                        {"result": request.result, "arguments": request.arguments},
+                        separators=(",", ":"),
+                    ).encode()
                     cur = await conn.execute(
                         "INSERT INTO pa_requests (id, sealed) VALUES (%s, %s) "
                         "ON CONFLICT DO NOTHING",
-                        (id_mac, self._keys.seal(result.encode(), _request_ad(id_mac))),
+                        (id_mac, self._keys.seal(record, _request_ad_v2(id_mac))),
                     )
                     if cur.rowcount != 1:
                         raise _Lost
@@ -390,16 +404,25 @@ class SharedState:
             return False
         return True
 
-    async def request_result(self, request_id: str) -> str | None:
-        """The result recorded for *request_id*, if a call with it was applied."""
+    async def request_record(self, request_id: str) -> RecordedRequest | None:
+        """What was recorded for *request_id*, if a call with it was applied.
+
+        Records from before arguments were recorded hold the result alone.
+        """
         id_mac = self._keys.mac("request", request_id)
         async with self._connection() as conn:
             cur = await conn.execute("SELECT sealed FROM pa_requests WHERE id = %s", (id_mac,))
             found = await cur.fetchone()
         if found is None:
             return None
+        sealed = bytes(found[0])
         try:
-            return self._keys.open(bytes(found[0]), _request_ad(id_mac)).decode()
+            record = json.loads(self._keys.open(sealed, _request_ad_v2(id_mac)))
+            return RecordedRequest(str(record["result"]), record["arguments"])
+        except InvalidTag:
+            pass
+        try:
+            return RecordedRequest(self._keys.open(sealed, _request_ad(id_mac)).decode(), None)
         except InvalidTag:
             raise SharedRowError(
                 f"the recorded result of request {request_id} in {self.where} does not "
@@ -470,6 +493,15 @@ async def _load_keys(pool: AsyncConnectionPool, wrapper: KeyWrapper, where: str)
                 async with conn.transaction():
                     # Concurrent first starts: one makes the tables, the others wait here.
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                    # Rows with no keyring: the keys they were sealed with are gone,
+                    # and new ones would hide that (raised inside: nothing is written).
+                    if not await _keyring(conn) and (held := await _rows_held(conn)):
+                        raise SharedStateError(
+                            f"the shared state in {where} holds rows ({held}) but no keyring "
+                            "(pa_keyring is empty or gone), so they cannot be read; restore "
+                            "pa_keyring from a backup of that database (pg_dump); nothing "
+                            "was written"
+                        )
                     for statement in _SCHEMA:
                         await conn.execute(statement)
                     for name in KEY_NAMES:
@@ -493,8 +525,9 @@ async def _load_keys(pool: AsyncConnectionPool, wrapper: KeyWrapper, where: str)
     for name in KEY_NAMES:
         if name not in existing:
             raise SharedStateError(
-                f"the shared keyring in {where} has no '{name}' key; it is damaged "
-                "(nothing was changed)"
+                f"the shared keyring in {where} has no '{name}' key; it is damaged: "
+                "restore pa_keyring from a backup of that database (pg_dump); nothing "
+                "was written"
             )
         wrapped, wrapped_by = existing[name]
         if wrapped_by != wrapper.fingerprint:
@@ -511,6 +544,20 @@ async def _load_keys(pool: AsyncConnectionPool, wrapper: KeyWrapper, where: str)
                 "key; the keyring was altered or copied from elsewhere; nothing was written"
             ) from None
     return StateKeys(unwrapped["data"], unwrapped["hmac"])
+
+
+async def _rows_held(conn: psycopg.AsyncConnection[Any]) -> str:
+    """How many rows pa_state and pa_requests hold ("3 in pa_state"), or "" when none."""
+    held = []
+    for table in (ROWS_TABLE, REQUESTS_TABLE):
+        cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+        found = await cur.fetchone()
+        if found and found[0]:
+            cur = await conn.execute(f"SELECT count(*) FROM {table}")  # noqa: S608 - our name
+            count = await cur.fetchone()
+            if count and count[0]:
+                held.append(f"{count[0]} in {table}")
+    return ", ".join(held)
 
 
 async def _keyring(conn: psycopg.AsyncConnection[Any]) -> dict[str, tuple[str, str]]:
@@ -549,10 +596,10 @@ class VersionedStore(Protocol):
     async def read_versioned(self, key: str) -> tuple[str | None, int]: ...
 
     async def write_versioned(
-        self, key: str, value: str, expected: int, request: tuple[str, str] | None = None
+        self, key: str, value: str, expected: int, request: Request | None = None
     ) -> bool: ...
 
-    async def request_result(self, request_id: str) -> str | None: ...
+    async def request_record(self, request_id: str) -> RecordedRequest | None: ...
 
 
 class SharedKeyValueStore(KeyValueStore[V], Generic[V]):
@@ -572,12 +619,12 @@ class SharedKeyValueStore(KeyValueStore[V], Generic[V]):
         return (None, 0) if row is None else (row.value, row.version)
 
     async def write_versioned(
-        self, key: str, value: str, expected: int, request: tuple[str, str] | None = None
+        self, key: str, value: str, expected: int, request: Request | None = None
     ) -> bool:
         return await self._state.write(self._namespace, key, value, expected, request)
 
-    async def request_result(self, request_id: str) -> str | None:
-        return await self._state.request_result(request_id)
+    async def request_record(self, request_id: str) -> RecordedRequest | None:
+        return await self._state.request_record(request_id)
 
     async def set(self, key: str, value: V | None) -> None:
         if value is None:
