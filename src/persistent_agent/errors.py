@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 
 class PersistentAgentError(Exception):
@@ -238,11 +241,11 @@ def report(name: str, error: PersistentAgentError) -> int:
     return error.exit_code
 
 
-def find_error(exc: BaseException) -> PersistentAgentError | None:
-    """Return our error if *exc* is one, or wraps one anywhere in its chain.
+def find_cause(exc: BaseException, kinds: type[E] | tuple[type[E], ...]) -> E | None:
+    """The first exception of *kinds* in *exc*'s chain (causes, contexts, groups), or None.
 
-    The runtime re-raises factory failures inside its own exceptions (and
-    asyncio may group them), so the user-facing error can sit a few links deep.
+    The runtime re-raises failures inside its own exceptions (and asyncio may
+    group them), so what matters can sit a few links deep.
     """
     seen: set[int] = set()
     stack: list[BaseException] = [exc]
@@ -251,7 +254,7 @@ def find_error(exc: BaseException) -> PersistentAgentError | None:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, PersistentAgentError):
+        if isinstance(current, kinds):
             return current
         if isinstance(current, BaseExceptionGroup):
             stack.extend(current.exceptions)
@@ -259,3 +262,8 @@ def find_error(exc: BaseException) -> PersistentAgentError | None:
             if linked is not None:
                 stack.append(linked)
     return None
+
+
+def find_error(exc: BaseException) -> PersistentAgentError | None:
+    """Return our error if *exc* is one, or wraps one anywhere in its chain."""
+    return find_cause(exc, PersistentAgentError)

@@ -36,7 +36,12 @@ def write_private(path: Path, text: str) -> None:
 
 def sync_directory(directory: Path) -> None:
     """fsync *directory*, so that a rename in it survives a power loss."""
-    fd = os.open(directory, os.O_RDONLY)
+    sync_file(directory)
+
+
+def sync_file(path: Path) -> None:
+    """fsync *path* (a file, or a directory's entries) by name."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -29,6 +29,7 @@ from persistent_agent.errors import (
     SentinelRefusedError,
     ServiceUnavailableError,
     TransportError,
+    find_cause,
 )
 
 TIMEOUT_VAR = "CLIENT_TIMEOUT_SECONDS"
@@ -162,14 +163,8 @@ def refused_status(exc: BaseException) -> int | None:
     """The HTTP status that answered the client's websocket handshake, if that is what failed."""
     from websockets.exceptions import InvalidStatus
 
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, InvalidStatus):
-            return int(current.response.status_code)
-        current = current.__cause__ or current.__context__
-    return None
+    refused = find_cause(exc, InvalidStatus)
+    return None if refused is None else int(refused.response.status_code)
 
 
 def nothing_running(exc: BaseException) -> str | None:

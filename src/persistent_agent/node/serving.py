@@ -26,6 +26,7 @@ from persistent_agent.errors import (
     StorageProfileError,
     StorageUnavailableError,
     UpstreamLostError,
+    find_cause,
     find_error,
     report,
 )
@@ -185,14 +186,7 @@ def _attach_failure(exc: BaseException) -> bool:
     from websockets.exceptions import InvalidHandshake
 
     transient = (FameConnectError, FameTransportClose, InvalidHandshake, OSError, TimeoutError)
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, transient):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return find_cause(exc, transient) is not None
 
 
 async def serve(

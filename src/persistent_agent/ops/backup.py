@@ -36,7 +36,7 @@ from persistent_agent.errors import (
 )
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.keyring import Keyring, derived_key
-from persistent_agent.keys.secret_files import sync_directory, write_private
+from persistent_agent.keys.secret_files import sync_directory, sync_file, write_private
 from persistent_agent.ops import shared_tools
 from persistent_agent.ops.inspection import NodeDatabase, node_databases
 from persistent_agent.ops.node_keys import source_of
@@ -429,11 +429,7 @@ def _set_aside(old: Path, dest: Path) -> None:
 
 def _copy_synced(source: str, target: str) -> None:
     shutil.copy2(source, target)
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_file(Path(target))
 
 
 @contextlib.contextmanager

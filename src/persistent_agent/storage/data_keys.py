@@ -22,9 +22,9 @@ from persistent_agent.errors import DatabaseDamagedError, KeyringError, WrongKey
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.keyring import Keyring, derived_key, new_data_key
 from persistent_agent.storage.layout import (
-    DB_SUFFIX,
     KEYRING_FILE,
     database_files,
+    database_path,
     namespace_of,
 )
 
@@ -107,7 +107,7 @@ class NodeKeys:
         created = {
             namespace
             for namespace in self.keyring.reserved
-            if (self.directory / (namespace + DB_SUFFIX)).exists()
+            if database_path(self.directory, namespace).exists()
         }
         if created:
             self._save(self.keyring.confirmed(created))
@@ -134,7 +134,7 @@ def _lost(directory: Path, keyring: Keyring | None) -> list[Path]:
         path
         for namespace in sorted(keyring.keys)
         if namespace not in keyring.reserved
-        and not (path := directory / (namespace + DB_SUFFIX)).exists()
+        and not (path := database_path(directory, namespace)).exists()
     ]
 
 

@@ -30,7 +30,7 @@ from persistent_agent.errors import (
     StorageReadOnlyError,
     WrongKeyError,
 )
-from persistent_agent.keys.secret_files import sync_directory
+from persistent_agent.keys.secret_files import sync_directory, sync_file
 
 # Every exception sqlcipher3 raises, and what a damaged page raises; callers
 # outside this module catch them by these names.
@@ -510,11 +510,7 @@ def sync_created(path: Path) -> None:
     on a missing file is reported as damage, so the file must not vanish
     with a power cut that the keyring survives.
     """
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_file(path)
     sync_directory(path.parent)
 
 

@@ -47,6 +47,11 @@ def namespace_of(path: Path) -> str:
     return path.name[: -len(DB_SUFFIX)] if path.name.endswith(DB_SUFFIX) else path.name
 
 
+def database_path(directory: Path, namespace: str) -> Path:
+    """The file in *directory* of a (sanitised) *namespace*: the inverse of :func:`namespace_of`."""
+    return directory / (namespace + DB_SUFFIX)
+
+
 def database_files(directory: Path) -> list[Path]:
     """Every encrypted database in *directory*, sorted by name."""
     if not directory.is_dir():
