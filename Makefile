@@ -8,14 +8,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ADMIN := $(VENV)/bin/persistent-agent-admin
 SENTINEL_PORT ?= 8000
-# Where the sentinel is reachable from: loopback. The demo has no
-# authentication; see docs/operations.md before setting another address.
+# The token issuer's port (local processes; in compose it is internal only).
+ISSUER_PORT ?= 8443
+# Where the sentinel is reachable from: loopback. Every hop is authenticated
+# and over TLS (docs/security.md); another address must be in its certificate.
 SENTINEL_HOST ?= 127.0.0.1
 PYTEST_ARGS ?=
 # `make init` needs only the standard library (any Python 3.9+), so the Docker
 # demo works on hosts without Python 3.12.
 HOST_PYTHON ?= python3
-export SENTINEL_PORT SENTINEL_HOST
+export SENTINEL_PORT SENTINEL_HOST ISSUER_PORT
 
 # Docker (see docker-compose.yml). PYTHON_IMAGE is the base image to build on.
 PYTHON_IMAGE ?= python:3.12-slim
@@ -25,7 +27,7 @@ export PERSISTENT_AGENT_IMAGE := $(IMAGE)
 export UID_GID := $(shell id -u):$(shell id -g)
 COMPOSE ?= $(shell scripts/compose.sh)
 
-.PHONY: help install init demo demo-replicas local-start local-run local-run-verbose local-stop local-status \
+.PHONY: help install init access rotate-credentials reissue-certs demo demo-replicas local-start local-run local-run-verbose local-stop local-status \
         test test-unit test-e2e test-docker lint docs bench clean \
         build base-image start start-replicas run-increments stop run run-verbose logs status \
         verify inspect backup restore rotate-key migrate-state
@@ -57,18 +59,21 @@ TEST_PREREQS := install $(VENV)/.installed-test
 init: ## Generate the master key (config/master.key) and config/.env.* (keeps an existing key)
 	@$(HOST_PYTHON) scripts/gen_master_key.py
 
+access: install ## Create the CA, certificates, credentials and issuer key in config/access (keeps what exists)
+	@$(ADMIN) access
+
 # Targets that start nodes or run the client need the venv and the config;
 # operator tools need only the venv (without config they say `run make init`).
-NODE_PREREQS := install init
+NODE_PREREQS := install init access
 
 # ---------------------------------------------------------------- local processes
-demo: $(NODE_PREREQS) ## See it work: start locally, store, restart the agent, read it back, stop
+demo: $(NODE_PREREQS) ## See it work: start locally (authenticated, TLS), store, restart the agent, read it back, stop
 	@$(ADMIN) demo
 
 demo-replicas: $(NODE_PREREQS) ## Two agent replicas on one encrypted PostgreSQL state: concurrent increments, a kill -9, an exact count
 	@$(ADMIN) demo-replicas
 
-local-start: $(NODE_PREREQS) ## Start sentinel + agent as local background processes (logs in run/)
+local-start: $(NODE_PREREQS) ## Start the token issuer, sentinel + agent as local background processes (logs in run/)
 	@$(ADMIN) local-start
 
 local-run: $(NODE_PREREQS) ## Run the client against the local sentinel
@@ -102,6 +107,15 @@ COMPOSE_REPLICAS = $(COMPOSE) $(REPLICAS_FILES)
 COMPOSE_HERE = $(COMPOSE)$(if $(wildcard $(PG_PASSWORD_FILE)), $(REPLICAS_FILES))
 CALLS ?= 200
 CONCURRENCY ?= 16
+# config/access (the CA, the server certificates, one credential per process),
+# made by the image's own admin so that the host needs no Python 3.12; it keeps
+# what exists. $(1): more options (the replicas' credentials). SENTINEL_HOST and
+# PERSISTENT_AGENT_TLS_NAMES pass through: other names the certificate must hold.
+define docker_access
+@docker run --rm --user $(UID_GID) -e SENTINEL_HOST -e PERSISTENT_AGENT_TLS_NAMES \
+  -v "$(CURDIR)/config:/work/config" $(IMAGE) \
+  persistent-agent-admin --config-dir config access $(1)
+endef
 
 base-image: ## Build a Python base image with no registry (debootstrap trixie; root)
 	scripts/build_base_image.sh $(BASE_IMAGE_TAG)
@@ -112,36 +126,39 @@ build: ## Build the image (PYTHON_IMAGE=<base> to pick the base image)
 	  --build-arg VERSION=$(VERSION) -t $(IMAGE) . >/dev/null
 	@echo "built $(IMAGE) on $(PYTHON_IMAGE)"
 
-start: init build ## Init, build, start sentinel + agent; returns once both are healthy
+start: init build ## Init, build, start the token issuer, sentinel + agent (TLS, a credential each); returns once all are healthy
 	$(need_compose)
+	$(call docker_access)
 	@# When `up` itself fails (the sentinel never got healthy, so compose gave up
-	@# on the agent), wait_healthy still names the node that exited and why.
+	@# on the agent), wait_healthy still names the process that exited and why.
 	@# --remove-orphans: the replicas variant's containers, if it ran, go (its volume stays).
-	@up=0; $(COMPOSE) up -d --remove-orphans sentinel persistent-agent || up=$$?; \
+	@up=0; $(COMPOSE) up -d --remove-orphans issuer sentinel persistent-agent || up=$$?; \
 	  COMPOSE="$(COMPOSE)" scripts/wait_healthy.sh $$([ $$up = 0 ] && echo 120 || echo 0) \
-	    sentinel persistent-agent && exit $$up
+	    issuer sentinel persistent-agent && exit $$up
 
 # The PostgreSQL superuser's password: random, owner-only, made once.
 $(PG_PASSWORD_FILE):
 	@umask 077 && $(HOST_PYTHON) -c 'import secrets; print(secrets.token_urlsafe(32))' >$@.tmp && mv $@.tmp $@
 	@echo "wrote $@ (PostgreSQL's password, owner-only; make clean removes it)"
 
-start-replicas: init build $(PG_PASSWORD_FILE) ## Start sentinel, PostgreSQL and 2 agent replicas on one encrypted state; returns once all are healthy
+start-replicas: init build $(PG_PASSWORD_FILE) ## Start the issuer, sentinel, PostgreSQL and 2 agent replicas on one encrypted state; returns once all are healthy
 	$(need_compose)
+	$(call docker_access,--replicas $(words $(REPLICAS)))
 	@umask 077 && mkdir -p $(addprefix data/replicas/,$(REPLICAS))
 	@# The single agent of `make start` goes, and so does the sentinel's container:
 	@# the sentinel would go on routing storage@fame.fabric to that agent alone.
 	@if [ -n "$$($(COMPOSE_REPLICAS) ps -a -q persistent-agent 2>/dev/null)" ]; then \
 	  echo "start-replicas: replacing the single agent of make start (and restarting the sentinel)"; \
 	  $(COMPOSE_REPLICAS) rm --stop --force persistent-agent sentinel >/dev/null 2>&1; fi
-	@up=0; $(COMPOSE_REPLICAS) up -d postgres sentinel $(REPLICAS) || up=$$?; \
+	@up=0; $(COMPOSE_REPLICAS) up -d postgres issuer sentinel $(REPLICAS) || up=$$?; \
 	  COMPOSE="$(COMPOSE_REPLICAS)" scripts/wait_healthy.sh $$([ $$up = 0 ] && echo 180 || echo 0) \
-	    postgres sentinel $(REPLICAS) && exit $$up
+	    postgres issuer sentinel $(REPLICAS) && exit $$up
 
 run-increments: init ## CALLS increment(1) calls (CONCURRENCY at a time) through the sentinel; JSON: who served how many
 	$(need_compose)
 	@docker image inspect $(IMAGE) >/dev/null 2>&1 || \
 	  { echo "error: the image $(IMAGE) is not built and nothing runs; start the replicas with \`make start-replicas\`" >&2; exit 1; }
+	$(call docker_access)
 	@$(COMPOSE_HERE) run --rm -T client persistent-agent-client increment \
 	  --calls $(CALLS) --concurrency $(CONCURRENCY)
 
@@ -154,6 +171,7 @@ run: init ## Run the client in a container on the compose network
 	$(need_compose)
 	@docker image inspect $(IMAGE) >/dev/null 2>&1 || \
 	  { echo "error: the image $(IMAGE) is not built and nothing runs; start the demo with \`make start\`" >&2; exit 1; }
+	$(call docker_access)
 	@$(COMPOSE_HERE) run --rm -T $(CLIENT_FLAGS) client
 
 run-verbose: CLIENT_FLAGS := -e FAME_SHOW_ENVELOPES=true
@@ -186,6 +204,22 @@ restore: install ## Restore BACKUP=backups/<time> (services stopped; FORCE=1 rep
 migrate-state: install ## Copy the agent's local state into its shared state in PostgreSQL, once (encrypted-postgres)
 	@$(ADMIN) migrate-state
 
+rotate-credentials: ## New secret for CLIENT=<id>: its older tokens are refused, its live links closed, its node restarted
+	@[ -n "$(CLIENT)" ] || { echo "usage: make rotate-credentials CLIENT=<client id> (see config/access/clients.json)" >&2; exit 2; }
+	@# In compose (its issuer runs), the image's admin rotates, then the issuer and the
+	@# credential's holder restart: each sees a file secret's old inode until then.
+	@if [ -n "$(COMPOSE)" ] && $(have_config) && [ -n "$$($(COMPOSE_HERE) ps -q issuer 2>/dev/null)" ]; then \
+	  docker run --rm --user $(UID_GID) -v "$(CURDIR)/config:/work/config" $(IMAGE) \
+	    persistent-agent-admin --config-dir config rotate-credentials --client "$(CLIENT)" || exit $$?; \
+	  holders=issuer; [ -z "$$($(COMPOSE_HERE) ps -q "$(CLIENT)" 2>/dev/null)" ] || holders="issuer $(CLIENT)"; \
+	  $(COMPOSE_HERE) restart $$holders >/dev/null 2>&1 && \
+	    COMPOSE="$(COMPOSE_HERE)" scripts/wait_healthy.sh 120 $$holders; \
+	else [ -x $(ADMIN) ] || { echo "rotate-credentials: error: no compose issuer runs here and .venv is missing: run \`make install\` first" >&2; exit 2; }; \
+	  $(ADMIN) rotate-credentials --client "$(CLIENT)"; fi
+
+reissue-certs: install ## New server certificates from the project CA (before they expire); restarts the local servers
+	@$(ADMIN) reissue-certs
+
 rotate-key: install ## New master key: re-wraps the keyrings (services stopped; REENCRYPT=1 re-encrypts all)
 	@$(ADMIN) rotate-key $(if $(filter 1 yes true,$(REENCRYPT)),--reencrypt)
 
@@ -216,7 +250,7 @@ docs: install ## Regenerate the generated parts of docs/ (cog; a test checks the
 bench: install ## Benchmark: ours vs the runtime's provider, the relay floor, the upstream-shaped agent (ratios, one run; PROFILE=1: where a call's CPU time goes)
 	$(PY) bench/$(if $(filter 1 yes true,$(PROFILE)),profile,run).py $(BENCH_ARGS)
 
-clean: ## Stop everything, then remove data/, generated config (keys), run/ and the PostgreSQL volume
+clean: ## Stop everything, then remove data/, generated config (keys, config/access), run/ and the PostgreSQL volume
 	@if [ -x $(ADMIN) ]; then $(ADMIN) local-stop; fi
 	@if [ -n "$(COMPOSE)" ] && [ -f config/.env.agent ]; then $(COMPOSE_HERE) down --volumes --remove-orphans >/dev/null 2>&1 || true; fi
-	rm -rf data run config/.env.sentinel config/.env.agent config/.env.client config/master.key config/master.key.next $(PG_PASSWORD_FILE)
+	rm -rf data run config/.env.sentinel config/.env.agent config/.env.client config/master.key config/master.key.next config/access $(PG_PASSWORD_FILE)

@@ -29,16 +29,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-FLOOR = "relay floor"
+FLOOR = "relay floor (TLS)"  # the variants run secured: the floor pays for TLS too
 
 
 async def client(url: str) -> None:
     """Answer ``CALLS CONCURRENCY`` lines on stdin with the batch's timings (JSON)."""
-    from naylence.agent import Agent, configs
+    from naylence.agent import Agent
     from naylence.fame.core import FameFabric
     from run import _agent_call, _first_answer, _rpc_batch
 
     from persistent_agent import AGENT_ADDR
+    from persistent_agent.access.fabric import client_config
     from persistent_agent.node import logs
     from persistent_agent.node.caller import use_unique_node_id
 
@@ -47,7 +48,7 @@ async def client(url: str) -> None:
     )
     use_unique_node_id()
     logs.install()
-    async with FameFabric.create(root_config=configs.CLIENT_CONFIG) as fabric:
+    async with FameFabric.create(root_config=client_config()) as fabric:
         try:  # our client's side, where the variant's code has it
             from persistent_agent.node.logs import drop_noop_tracing
 
@@ -73,7 +74,7 @@ def compare(variants: dict[str, str], rounds: int, batches: dict[int, int]) -> d
 
     samples: dict[tuple[str, int], list[float]] = {}
     elapsed: dict[tuple[str, int], float] = {}
-    with tempfile.TemporaryDirectory() as tmp, bench._relay() as relay_url:
+    with tempfile.TemporaryDirectory() as tmp, bench._relay(bench.access_material()) as floor:
         stacks, clients = {}, {}
         try:
             for name, path in variants.items():
@@ -82,6 +83,7 @@ def compare(variants: dict[str, str], rounds: int, batches: dict[int, int]) -> d
                 nodes.start_all()
                 stacks[name] = nodes
                 env = {k: v for k, v in os.environ.items() if not k.startswith("FAME_")}
+                env |= nodes.access_env("client")  # its credential, the CA pinned
                 clients[name] = subprocess.Popen(  # noqa: S603 - this script, our interpreter
                     [sys.executable, __file__, "client", nodes.admission_url()],
                     stdin=subprocess.PIPE,
@@ -94,7 +96,7 @@ def compare(variants: dict[str, str], rounds: int, batches: dict[int, int]) -> d
                     raise SystemExit("a variant's client did not start")
 
             async def floor_batch(calls: int, concurrency: int, out: list[float]) -> float:
-                relay = await Client.connect(relay_url)
+                relay = await Client.connect(*floor)
                 try:
                     return await bench._rpc_batch(
                         lambda i: relay.call(f"value-{i}"), calls, concurrency, out

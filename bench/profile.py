@@ -5,14 +5,19 @@ does, and a client process that keeps CONCURRENCY calls in flight
 (store_value/retrieve_value alternating). While it runs, py-spy samples the
 three processes (``record --format raw --nonblocking``; a loop waiting in
 epoll is idle and not counted) and psutil counts their CPU time.
-Every sampled stack is put in one category by the frames it contains, in
-this order of precedence: logging, delivery tracking (the runtime's inbox
-and outbox), storage, security, envelope (de)serialisation and validation,
-routing, websocket and socket, the runtime's node dispatch (channels,
-listeners, the RPC layer), the event loop itself, other. The table gives each
-process's CPU time per call, split by those shares.
+Every sampled stack is put in one category: TLS when its innermost frame is
+in ``ssl.py`` or asyncio's ``sslproto.py`` (record encryption and the SSL
+transport; by the leaf, since a received record's stack runs on through
+sslproto into everything that handles it), else by the frames it contains,
+in this order of precedence: logging, delivery tracking (the runtime's inbox
+and outbox), storage, security (the runtime's and our authorizer),
+envelope (de)serialisation and validation, routing, websocket and socket,
+the runtime's node dispatch (channels, listeners, the RPC layer), the event
+loop itself, other. The table gives each process's CPU time per call, split
+by those shares. The stack is secured as users run it; ``--security off``
+profiles the loopback opt-out instead, for comparison.
 
-    python bench/profile.py [--calls 4000] [--concurrency 32]
+    python bench/profile.py [--calls 4000] [--concurrency 32] [--security off]
     python bench/profile.py client URL CALLS CONCURRENCY   (the load, internal)
 """
 
@@ -35,12 +40,15 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
+# A sampled stack whose innermost frame matches this is TLS work.
+TLS = "TLS"
+TLS_LEAF = r"\((asyncio/sslproto|ssl)\.py:"
 # (category, pattern on "function (file:line)" frames), in order of precedence.
 CATEGORIES = [
     ("logging", r"structlog/|\(logging/__init__|util/logging"),
     ("delivery tracking", r"DeliveryTracker|delivery_tracker|\(delivery/"),
     ("storage", r"persistent_agent/storage/|\(storage/|sqlcipher3"),
-    ("security", r"SecurityManager|\(security/"),
+    ("security", r"SecurityManager|\(security/|persistent_agent/access/"),
     (
         "envelope (de)serialisation, validation",
         r"pydantic|\(json/|model_validate|model_dump|\(core/protocol|_serialize|_deserialize",
@@ -58,10 +66,12 @@ CATEGORIES = [
 ]
 OTHER = "other"
 IDLE_LEAF = "EpollSelector.select (selectors.py:468)"
-NAMES = [name for name, _ in CATEGORIES] + [OTHER]
+NAMES = [TLS] + [name for name, _ in CATEGORIES] + [OTHER]
 
 
 def categorise(stack: str) -> str:
+    if re.search(TLS_LEAF, stack.rpartition(";")[2]):
+        return TLS
     for name, pattern in CATEGORIES:
         if re.search(pattern, stack):
             return name
@@ -82,11 +92,12 @@ def read_raw(path: Path) -> collections.Counter[str]:
 
 # ---------------------------------------------------------------- the load
 async def load(url: str, calls: int, concurrency: int) -> None:
-    from naylence.agent import Agent, configs
+    from naylence.agent import Agent
     from naylence.fame.core import FameFabric
     from run import _agent_call, _first_answer, _rpc_batch
 
     from persistent_agent import AGENT_ADDR
+    from persistent_agent.access.fabric import client_config
     from persistent_agent.node import logs
     from persistent_agent.node.caller import use_unique_node_id
     from persistent_agent.node.logs import drop_noop_tracing
@@ -95,7 +106,7 @@ async def load(url: str, calls: int, concurrency: int) -> None:
     os.environ["FAME_STORAGE_PROFILE"] = "memory"
     use_unique_node_id()
     logs.install()  # as persistent-agent-client does: disabled levels cost nothing
-    async with FameFabric.create(root_config=configs.CLIENT_CONFIG) as fabric:
+    async with FameFabric.create(root_config=client_config()) as fabric:
         drop_noop_tracing(fabric.node)  # as node.caller does
         call = _agent_call(Agent.remote_by_address(AGENT_ADDR))
         await _first_answer(call)
@@ -108,12 +119,12 @@ async def load(url: str, calls: int, concurrency: int) -> None:
 
 
 # ---------------------------------------------------------------- the profile
-def profile(calls: int, concurrency: int, keep: Path | None = None) -> str:
+def profile(calls: int, concurrency: int, keep: Path | None = None, secure: bool = True) -> str:
     from run import _nodes
 
     spy = Path(sys.executable).parent / "py-spy"
     with tempfile.TemporaryDirectory() as tmp:
-        nodes = _nodes(Path(tmp) / "stack", "encrypted-sqlite")
+        nodes = _nodes(Path(tmp) / "stack", "encrypted-sqlite", secure=secure)
         nodes.start_all()
         client = subprocess.Popen(
             [
@@ -127,6 +138,7 @@ def profile(calls: int, concurrency: int, keep: Path | None = None) -> str:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env={**os.environ, **nodes.access_env("client")},  # its credential, the CA pinned
         )
         try:
             if client.stdin is None or client.stdout is None:
@@ -216,8 +228,11 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=4000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--keep", type=Path, help="copy py-spy's raw stacks into this directory")
+    parser.add_argument(
+        "--security", choices=("on", "off"), default="on", help="off: the loopback opt-out"
+    )
     args = parser.parse_args()
-    print(profile(args.calls, args.concurrency, args.keep))
+    print(profile(args.calls, args.concurrency, args.keep, secure=args.security == "on"))
     return 0
 
 

@@ -8,14 +8,20 @@ service; the echo parses it and sends a reply envelope back the same way.
 No routing tables, delivery tracking, security, storage or logging: what is
 left is (de)serialising JSON, the event loops and the sockets.
 
-    python bench/relay.py relay PORT        # serves ws://127.0.0.1:PORT/ws/<name>
-    python bench/relay.py echo URL          # attaches as "echo" and answers
+With a certificate and key the relay serves ``wss://`` as the secured sentinel
+does (uvicorn's ``ssl_certfile``/``ssl_keyfile``), and the echo and the client
+verify it against a CA file: the TLS floor, beside the plaintext one, so that
+the secured stack is compared with a floor that pays for TLS too.
+
+    python bench/relay.py relay PORT [CERT KEY]  # serves ws(s)://127.0.0.1:PORT/ws/<name>
+    python bench/relay.py echo URL [CA_FILE]     # attaches as "echo" and answers
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import sys
 import uuid
 from typing import Any
@@ -68,7 +74,13 @@ def reply_envelope(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def relay(port: int) -> None:
+def tls_options(ca_file: str | None) -> dict[str, Any]:
+    """websockets.connect's TLS option: a context trusting *ca_file* only (the
+    project CA), or none, so that ws:// stays plain and wss:// uses the defaults."""
+    return {"ssl": ssl.create_default_context(cafile=ca_file)} if ca_file else {}
+
+
+def relay(port: int, cert: str | None = None, key: str | None = None) -> None:
     app = FastAPI()
     peers: dict[str, WebSocket] = {}
 
@@ -93,15 +105,19 @@ def relay(port: int) -> None:
         log_config=None,
         loop="asyncio",
         access_log=False,
+        ssl_certfile=cert,
+        ssl_keyfile=key,
     )
     print("listening", flush=True)
     uvicorn.Server(config).run()
 
 
-async def echo(url: str) -> None:
+async def echo(url: str, ca_file: str | None = None) -> None:
     import websockets
 
-    async with websockets.connect(f"{url}/ws/echo", max_size=None, proxy=None) as ws:
+    async with websockets.connect(
+        f"{url}/ws/echo", max_size=None, proxy=None, **tls_options(ca_file)
+    ) as ws:
         print("attached", flush=True)
         async for message in ws:
             reply = reply_envelope(json.loads(message))
@@ -117,11 +133,15 @@ class Client:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def connect(cls, url: str) -> Client:
+    async def connect(cls, url: str, ca_file: str | None = None) -> Client:
+        """Attach to the relay at *url*; a ``wss://`` one is verified against *ca_file*."""
         import websockets
 
         name = f"client-{uuid.uuid4().hex[:8]}"
-        return cls(await websockets.connect(f"{url}/ws/{name}", max_size=None, proxy=None), name)
+        ws = await websockets.connect(
+            f"{url}/ws/{name}", max_size=None, proxy=None, **tls_options(ca_file)
+        )
+        return cls(ws, name)
 
     async def _read(self) -> None:
         async for message in self._ws:
@@ -144,8 +164,8 @@ class Client:
 
 
 if __name__ == "__main__":
-    role, where = sys.argv[1], sys.argv[2]
+    role, where, *tls = sys.argv[1:]
     if role == "relay":
-        relay(int(where))
+        relay(int(where), *tls)
     else:
-        asyncio.run(echo(where))
+        asyncio.run(echo(where, *tls))

@@ -4,6 +4,11 @@ Prints a markdown table and writes the same figures as JSON under
 bench-results/. Shared, noisy machines make absolute numbers drift, so the
 figures that matter are the ratios, all measured in this one run.
 
+The stacks run secured, as users run them (wss://, tokens from their own
+issuer, the project CA pinned), beside one with PERSISTENT_AGENT_FABRIC_SECURITY
+=off and a relay floor both with and without TLS, so that each is measured
+against the floor that pays for what it does.
+
     python bench/run.py [--quick] [--out bench-results]
 """
 
@@ -11,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import datetime
+import functools
 import json
 import os
 import platform
@@ -128,28 +135,62 @@ async def bench_storage(quick: bool) -> dict[str, dict[str, float]]:
 
 
 # ---------------------------------------------------------------- end to end
-def _nodes(root: Path, profile: str) -> Any:
+# Credentials of the shared-state rows' replicas (bench/shared.py), made with the rest.
+REPLICA_CREDENTIALS = {"replica-1": "agent", "replica-2": "agent"}
+# This process's fabric settings, dropped before it joins another stack.
+_CLIENT_SETTINGS = ("PERSISTENT_AGENT_", "FAME_ADMISSION_", "FAME_JWT_")
+
+
+@functools.cache
+def access_material() -> Path:
+    """The one access directory (CA, certificates, credentials) of every stack in this run.
+
+    aiohttp builds its default TLS context when it is imported, from the CA
+    pinned then, so every stack this process talks to must share that one CA:
+    each stack gets a copy of this directory, and this process pins its CA.
+    Call it before anything imports aiohttp.
+    """
+    from persistent_agent.access.fabric import pinned_roots
+    from persistent_agent.ops import access
+    from persistent_agent.ops.local_nodes import access_dir
+
+    root = Path(tempfile.mkdtemp(prefix="bench-access-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    access.ensure(root, REPLICA_CREDENTIALS)
+    os.environ.update(pinned_roots(access_dir(root) / "ca.crt"))
+    return access_dir(root)
+
+
+def _nodes(root: Path, profile: str, secure: bool = True) -> Any:
+    """An initialised stack under *root*; *secure* False is the loopback opt-out."""
     from persistent_agent.ops import config_files
-    from persistent_agent.ops.local_nodes import LocalNodes, free_port
+    from persistent_agent.ops.local_nodes import LocalNodes, access_dir, free_port
 
     config = root / "config"
     config.mkdir(parents=True, exist_ok=True)
     for example in (REPO / "config").glob(".env.*.example"):
         shutil.copy(example, config / example.name)
     config_files.init(config, root / "data")
+    shutil.copytree(access_material(), access_dir(config), dirs_exist_ok=True)
     return LocalNodes(
         config,
         root / "data",
         root / "run",
         port=free_port(),
+        issuer_port=free_port(),
+        secure=secure,
         extra_env={"FAME_STORAGE_PROFILE": profile, "FAME_LOG_LEVEL": "critical"},
     )
 
 
-def _client_env(nodes: Any) -> None:
-    """This process becomes a client of *nodes*' sentinel (memory storage, own id)."""
+def client_env(nodes: Any) -> None:
+    """This process becomes a client of *nodes*' sentinel (its access settings, memory
+    storage, own id); the previous stack's settings go, the pinned CA stays."""
     from persistent_agent.node.caller import use_unique_node_id
 
+    for name in [k for k in os.environ if k.startswith(_CLIENT_SETTINGS)]:
+        del os.environ[name]
+    os.environ.update(nodes.access_env("client"))
     os.environ["FAME_DIRECT_ADMISSION_URL"] = nodes.admission_url()
     os.environ["FAME_STORAGE_PROFILE"] = "memory"
     use_unique_node_id()
@@ -188,15 +229,16 @@ async def _rpc_batch(call: Call, calls: int, concurrency: int, latencies: list[f
 
 
 async def _rpc_interleaved(
-    stacks: dict[str, Any], relay_url: str, calls: int, rounds: int
+    stacks: dict[str, Any], relays: dict[str, Relay], calls: int, rounds: int
 ) -> dict[str, dict[str, float]]:
     """Every target side by side: batches alternate between them (in turned order
     every other round) so that drift on a shared machine hits all equally."""
-    from naylence.agent import Agent, configs
+    from naylence.agent import Agent
     from naylence.fame.core import FameFabric
     from relay import Client
 
     from persistent_agent import AGENT_ADDR
+    from persistent_agent.access.fabric import client_config
     from persistent_agent.node.logs import drop_noop_tracing
 
     samples: dict[str, list[float]] = {}
@@ -204,16 +246,15 @@ async def _rpc_interleaved(
     async with contextlib.AsyncExitStack() as stack:
         targets: dict[str, Call] = {}
         for name, nodes in stacks.items():
-            _client_env(nodes)
-            fabric = await stack.enter_async_context(
-                FameFabric.create(root_config=configs.CLIENT_CONFIG)
-            )
+            client_env(nodes)
+            fabric = await stack.enter_async_context(FameFabric.create(root_config=client_config()))
             if name != UPSTREAM:  # our client's side, as node.caller sets it up
                 drop_noop_tracing(fabric.node)
             targets[name] = _agent_call(Agent.remote_by_address(AGENT_ADDR, fabric=fabric))
-        relay = await Client.connect(relay_url)
-        stack.push_async_callback(relay.close)
-        targets[RELAY] = lambda i: relay.call(f"value-{i}")
+        for name, (url, ca_file) in relays.items():
+            relay = await Client.connect(url, ca_file)
+            stack.push_async_callback(relay.close)
+            targets[name] = functools.partial(_relay_call, relay)
         for call in targets.values():
             await _first_answer(call)  # an agent may still be attaching
             for i in range(20):  # warm up
@@ -237,6 +278,12 @@ async def _rpc_interleaved(
     }
 
 
+def _relay_call(relay: Any, i: int) -> Awaitable[Any]:
+    """One call through a relay floor (bound with partial: a lambda in the loop
+    over the relays would see only the last one)."""
+    return relay.call(f"value-{i}")
+
+
 async def _first_answer(call: Call, patience: float = 120) -> None:
     deadline = time.monotonic() + patience
     while True:
@@ -250,26 +297,40 @@ async def _first_answer(call: Call, patience: float = 120) -> None:
 
 
 RELAY = "relay floor"
+RELAY_TLS = "relay floor (TLS)"
 UPSTREAM = "upstream-shaped agent"
+SECURED = "encrypted-sqlite"
+SECURITY_OFF = "encrypted-sqlite, security off"
+# A relay's URL and the CA file its TLS is verified against (None: plain ws://).
+Relay = tuple[str, str | None]
 
 
 @contextlib.contextmanager
-def _relay() -> Iterator[str]:
-    """The floor's relay and echo service as processes; yields the relay's URL."""
+def _relay(access: Path | None = None) -> Iterator[Relay]:
+    """The floor's relay and echo service as processes; yields the relay's URL and CA file.
+
+    With *access* (a config/access directory) the relay serves wss:// with the
+    sentinel's certificate, as the secured sentinel does.
+    """
     from persistent_agent.ops.local_nodes import free_port
 
     port = free_port()
-    url = f"ws://127.0.0.1:{port}"
+    url = f"{'wss' if access else 'ws'}://127.0.0.1:{port}"
+    ca_file = str(access / "ca.crt") if access else None
+    tls = [str(access / "sentinel.crt"), str(access / "sentinel.key")] if access else []
     script = str(REPO / "bench" / "relay.py")
     with contextlib.ExitStack() as stack:
-        for argv in ([script, "relay", str(port)], [script, "echo", url]):
+        for argv in (
+            [script, "relay", str(port), *tls],
+            [script, "echo", url, *([ca_file] if ca_file else [])],
+        ):
             proc = stack.enter_context(
                 subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, text=True)
             )
             stack.callback(proc.terminate)
-            if proc.stdout is not None:
-                proc.stdout.readline()  # "listening" / "attached"
-        yield url
+            if proc.stdout is not None and not proc.stdout.readline():  # "listening"/"attached"
+                raise SystemExit(f"the relay floor's {argv[1]} did not start")
+        yield url, ca_file
 
 
 def _start_upstream(nodes: Any) -> subprocess.Popen[bytes]:
@@ -291,8 +352,13 @@ def _start_upstream(nodes: Any) -> subprocess.Popen[bytes]:
 
 def bench_rpc(quick: bool) -> dict[str, dict[str, float]]:
     calls, rounds = (160, 4) if quick else (640, 8)
-    with tempfile.TemporaryDirectory() as tmp, _relay() as relay_url:
-        stacks = {p: _nodes(Path(tmp) / p, p) for p in ("memory", "encrypted-sqlite")}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        _relay() as plain,
+        _relay(access_material()) as tls,
+    ):
+        stacks = {p: _nodes(Path(tmp) / p, p) for p in ("memory", SECURED)}
+        stacks[SECURITY_OFF] = _nodes(Path(tmp) / "security-off", SECURED, secure=False)
         stacks[UPSTREAM] = _nodes(Path(tmp) / "upstream", "memory")
         upstream = None
         try:
@@ -301,7 +367,8 @@ def bench_rpc(quick: bool) -> dict[str, dict[str, float]]:
                     upstream = _start_upstream(nodes)
                 else:
                     nodes.start_all()
-            results = asyncio.run(_rpc_interleaved(stacks, relay_url, calls, rounds))
+            relays = {RELAY: plain, RELAY_TLS: tls}
+            results = asyncio.run(_rpc_interleaved(stacks, relays, calls, rounds))
         finally:
             if upstream is not None:
                 upstream.terminate()
@@ -313,19 +380,20 @@ def bench_rpc(quick: bool) -> dict[str, dict[str, float]]:
 
 def bench_startup() -> dict[str, float]:
     """Seconds from launching the agent process to its first answered RPC."""
-    from naylence.agent import Agent, configs
+    from naylence.agent import Agent
     from naylence.fame.core import FameFabric
 
     from persistent_agent import AGENT_ADDR
+    from persistent_agent.access.fabric import client_config
 
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         nodes = _nodes(Path(tmp), "encrypted-sqlite")
         nodes.start("sentinel")
-        _client_env(nodes)
+        client_env(nodes)
 
         async def first_answer() -> float:
-            async with FameFabric.create(root_config=configs.CLIENT_CONFIG):
+            async with FameFabric.create(root_config=client_config()):
                 agent = Agent.remote_by_address(AGENT_ADDR)
                 started = time.perf_counter()
                 proc = nodes.launch("agent")
@@ -389,21 +457,23 @@ def table(storage: dict[str, Any], rpc: dict[str, Any], startup: dict[str, float
         for k, v in rpc.items()
     ]
     mem = rpc.get("memory, sequential")
-    enc = rpc.get("encrypted-sqlite, sequential")
+    enc = rpc.get(f"{SECURED}, sequential")
     if mem and enc:
         lines += [
             "",
             f"encrypted-sqlite / memory p50 (sequential): {enc['p50_ms'] / mem['p50_ms']:.3f}x",
         ]
-    lines += ["", "| ours (encrypted-sqlite) against | p50, sequential | req/s, 32 concurrent |"]
-    lines += ["| --- | ---: | ---: |"]
-    for other in (RELAY, UPSTREAM):
-        seq, par = rpc.get(f"{other}, sequential"), rpc.get(f"{other}, 32 concurrent")
-        ours_par = rpc.get("encrypted-sqlite, 32 concurrent")
-        if seq and par and enc and ours_par:
+    lines += [line for line in (_ratio_line(rpc, SECURED, SECURITY_OFF, "security on / off"),
+                                _ratio_line(rpc, RELAY_TLS, RELAY, "relay floor TLS / plain"))
+              if line]  # fmt: skip
+    lines += ["", "| ours | against | p50, sequential | req/s, 32 concurrent |"]
+    lines += ["| --- | --- | ---: | ---: |"]
+    # Each against the floor that pays for what it does: TLS for the secured stack.
+    for ours, other in ((SECURED, RELAY_TLS), (SECURED, UPSTREAM), (SECURITY_OFF, RELAY)):
+        pair = _pair(rpc, ours, other)
+        if pair:
             lines.append(
-                f"| {other} | {enc['p50_ms'] / seq['p50_ms']:.2f}x the time "
-                f"| {ours_par['req_per_s'] / par['req_per_s']:.2f}x the rate |"
+                f"| {ours} | {other} | {pair[0]:.2f}x the time | {pair[1]:.2f}x the rate |"
             )
     lines += [
         "",
@@ -416,17 +486,34 @@ def table(storage: dict[str, Any], rpc: dict[str, Any], startup: dict[str, float
     return "\n".join(lines)
 
 
+def _pair(rpc: dict[str, Any], ours: str, other: str) -> tuple[float, float] | None:
+    """*ours* against *other*: p50 (sequential) and req/s (32 concurrent) ratios."""
+    seq, par = f"{ours}, sequential", f"{ours}, 32 concurrent"
+    other_seq, other_par = f"{other}, sequential", f"{other}, 32 concurrent"
+    if not all(label in rpc for label in (seq, par, other_seq, other_par)):
+        return None
+    return (
+        rpc[seq]["p50_ms"] / rpc[other_seq]["p50_ms"],
+        rpc[par]["req_per_s"] / rpc[other_par]["req_per_s"],
+    )
+
+
+def _ratio_line(rpc: dict[str, Any], ours: str, other: str, title: str) -> str | None:
+    pair = _pair(rpc, ours, other)
+    return f"\n{title}: p50 {pair[0]:.2f}x, req/s {pair[1]:.2f}x" if pair else None
+
+
 def shared_table(shared: dict[str, Any], rpc: dict[str, Any]) -> str:
     """The encrypted-postgres rows beside the local SQLCipher ones and the raw limit."""
     lines = [
         "### Shared state (encrypted-postgres): increment(1) through sentinel and replicas",
         "",
-        "| target, load | p50 ms | p99 ms | increments/s | conflict retries |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| target, load | p50 ms | p99 ms | increments/s | conflict retries | overload retries |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [
         f"| {k} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['req_per_s']:,.0f} "
-        f"| {v['conflict_retries']:.0f} |"
+        f"| {v['conflict_retries']:.0f} | {v['overload_retries']:.0f} |"
         for k, v in shared.items()
     ]
     local = rpc.get("encrypted-sqlite, sequential")
@@ -454,6 +541,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
     args = parser.parse_args()
 
+    access_material()  # first: the CA this process pins, before aiohttp is imported
     from persistent_agent.node import logs
 
     logs.install()  # the client side drops disabled log levels, as our client does
@@ -461,7 +549,7 @@ def main() -> int:
     rpc = bench_rpc(args.quick)
     from shared import bench_shared
 
-    shared = bench_shared(args.quick, lambda root: _nodes(root, "encrypted-sqlite"))
+    shared = bench_shared(args.quick, lambda root: _nodes(root, SECURED), client_env)
     startup = bench_startup()
     report = table(storage, rpc, startup) + "\n\n" + shared_table(shared, rpc)
     print(report)

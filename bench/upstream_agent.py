@@ -3,20 +3,24 @@
 Stock ``BaseAgent`` with the SDK's own state API and its default (streaming)
 replies, on the runtime's built-in value-encrypted SQLite provider, which is
 configured here by its type, since this project takes over the
-``encrypted-sqlite`` profile name. Started like our agent, by
-``python bench/upstream_agent.py`` with FAME_DIRECT_ADMISSION_URL,
-FAME_STORAGE_DB_DIRECTORY and FAME_STORAGE_MASTER_KEY set.
+``encrypted-sqlite`` profile name. It attaches as our agent does (over
+``wss://`` with a token, the CA pinned; access/fabric.py ``node_config``), so
+that the bench's ours/upstream ratio compares the agents, not the security.
+Started like our agent, by ``python bench/upstream_agent.py`` with the agent's
+environment (LocalNodes.env("agent")), FAME_STORAGE_DB_DIRECTORY and
+FAME_STORAGE_MASTER_KEY set.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import os
 from typing import Any
 
-from naylence.agent import BaseAgent, BaseAgentState, configs
+from naylence.agent import BaseAgent, BaseAgentState
 from naylence.fame.service import operation
+
+from persistent_agent.access.fabric import node_config
 
 
 class CustomAgentState(BaseAgentState):
@@ -39,7 +43,8 @@ class PersistentAgent(BaseAgent[CustomAgentState]):
 
 
 def root_config() -> dict[str, Any]:
-    config: dict[str, Any] = copy.deepcopy(configs.NODE_CONFIG)
+    """The SDK's node config, admitted as our agent is, on the runtime's own storage."""
+    config = node_config()
     config["node"]["storage"] = {
         "type": "SQLiteStorageProvider",
         "db_directory": os.environ["FAME_STORAGE_DB_DIRECTORY"],

@@ -109,8 +109,12 @@ def config_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def initialised(config_dir: Path) -> Path:
-    """A project root after `make init`: config/ with a key, empty data/."""
+    """A project root after `make init` and `make access`: config/ with a key and
+    config/access (CA, certificates, credentials), empty data/."""
+    from persistent_agent.ops import access
+
     config_files.init(config_dir, config_dir.parent / "data")
+    access.ensure(config_dir)
     return config_dir.parent
 
 

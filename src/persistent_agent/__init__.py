@@ -1,7 +1,8 @@
 """persistent-agent: the Naylence persistence example in Python, on SQLCipher.
 
-The file tree is the architecture: four wings, each importing only the ones
-above it in this list (``make lint`` checks it), then the entry points.
+The file tree is the architecture: five wings, each importing only the ones
+above it in this list (``make lint`` checks it; ``access`` and ``storage``
+are side by side and import neither the other), then the entry points.
 
 - ``errors``: every user-facing error, one line each, and how it is printed.
 - ``keys/``: the master key and what it guards.
@@ -10,6 +11,13 @@ above it in this list (``make lint`` checks it), then the entry points.
   ``keys.keyring``: data keys wrapped by the master key (envelope encryption);
   ``keys.transit``: the master key in Vault or OpenBao transit instead;
   ``keys.custody``: where a node's key comes from (one function for all).
+- ``access/``: who may join the fabric, and over what.
+  ``access.pki``: the project CA and the servers' certificates;
+  ``access.credentials``: one credential per process, its secret and revocation;
+  ``access.issuer``: the token issuer process (OAuth2 client credentials);
+  ``access.authorizer``: the sentinel's authorizer, by the token's role;
+  ``access.factories``: the runtime hooks (authorizer, secret-file provider);
+  ``access.fabric``: each node's TLS and admission settings, the CA pinned.
 - ``storage/``: encrypted files and the runtime's storage hooks.
   ``storage.layout``: file names and data directories;
   ``storage.lock``: one writer per data directory;
@@ -40,7 +48,8 @@ above it in this list (``make lint`` checks it), then the entry points.
   ``ops.node_keys``: each node's keys as its config says;
   ``ops.inspection``: verify and inspect; ``ops.backup``: backup and restore;
   ``ops.rotation``: rotate-key;
-  ``ops.local_nodes``: the nodes as local processes;
+  ``ops.local_nodes``: the issuer and the nodes as local processes;
+  ``ops.access``: make access, rotate-credentials, reissue-certs;
   ``ops.postgres_server``: a PostgreSQL server of the project's own;
   ``ops.replicas``: agent replicas as local processes (demo-replicas);
   ``ops.shared_tools``: the tools' side of the shared state.

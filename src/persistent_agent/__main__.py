@@ -9,13 +9,11 @@ own that stays the same across restarts (``FAME_NODE_ID``).
 
 from __future__ import annotations
 
-import copy
 import sys
 from typing import Any
 
-from naylence.agent import configs
-
 from persistent_agent import AGENT_ADDR
+from persistent_agent.access import fabric
 from persistent_agent.node import backlog, serving
 from persistent_agent.node.agent import PersistentAgent
 
@@ -39,8 +37,9 @@ POOLED_LOGICAL = "*.fame.fabric"
 
 
 def node_config() -> dict[str, Any]:
-    """The SDK's node config; a replica of the shared state joins the pool."""
-    config: dict[str, Any] = copy.deepcopy(configs.NODE_CONFIG)
+    """The SDK's node config, admitted with the agent's credential (access/fabric.py);
+    a replica of the shared state joins the pool."""
+    config = fabric.node_config()
     if serving.shared_state():
         config["node"]["requested_logicals"] = [POOLED_LOGICAL]
     return config

@@ -122,6 +122,11 @@ class SentinelRefusedError(PersistentAgentError):
     """A sentinel that is up and ready refused the client's or node's attach (HTTP 403, say)."""
 
 
+class AccessRefusedError(PersistentAgentError):
+    """The fabric's door said no: the issuer refused the credential, the sentinel
+    refused the token or the node, or a server's certificate is not the project CA's."""
+
+
 class TransportError(PersistentAgentError):
     """The connection to the sentinel failed in a way retrying will not mend."""
 

@@ -61,6 +61,13 @@ def run(
     return result
 
 
+def compose_env() -> dict[str, str]:
+    """What the Makefile exports to compose, on top of the tests' environment."""
+    values = env()
+    values.update(PERSISTENT_AGENT_IMAGE=values["IMAGE"], UID_GID=f"{os.getuid()}:{os.getgid()}")
+    return values
+
+
 def make(root: Path, *targets: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return run(["make", "--no-print-directory", *targets], root, check=check)
 
@@ -92,6 +99,32 @@ def container(service: str) -> str:
         "--filter",
         f"label=com.docker.compose.service={service}",
     )
+
+
+def project_containers() -> list[str]:
+    """The ids of every container of the test project, running or not."""
+    label = f"label=com.docker.compose.project={PROJECT_NAME}"
+    return docker("ps", "-aq", "--filter", label).split()
+
+
+def secret_values(root: Path) -> dict[str, str]:
+    """Every secret the compose demo holds, by file: the master key, the PostgreSQL
+    password, each credential's secret and the body of each private key."""
+    config = root / "config"
+    files = [config / "master.key", config / "postgres.password"]
+    files += sorted((config / "access").glob("*.secret"))
+    values = {p.name: p.read_text().strip() for p in files if p.is_file()}
+    for key in sorted((config / "access").glob("*.key")):
+        body = [line for line in key.read_text().splitlines() if not line.startswith("-----")]
+        values[key.name] = "".join(body)
+        # A PEM's lines, in case one leaked as it is written.
+        values.update({f"{key.name}:{n}": line for n, line in enumerate(body)})
+    return values
+
+
+def leaked(text: str, secrets: dict[str, str]) -> list[str]:
+    """The names of the *secrets* whose value appears in *text* (never the values)."""
+    return sorted(name for name, value in secrets.items() if value and value in text)
 
 
 def client_lines(result: subprocess.CompletedProcess[str]) -> list[str]:

@@ -11,9 +11,10 @@ Without an engine they fail, never skip.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import psutil
@@ -24,7 +25,19 @@ from persistent_agent.ops import config_files
 
 from ..conftest import checksums, plaintext_hits
 from ..e2e.test_local_flow import PYTHON_RUNTIME_EXTRAS, SEED_LISTING
-from .conftest import client_lines, container, docker, env, make
+from .conftest import (
+    client_lines,
+    compose_command,
+    compose_env,
+    container,
+    docker,
+    env,
+    leaked,
+    make,
+    project_containers,
+    run,
+    secret_values,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -125,11 +138,13 @@ def _key(project: Path) -> str:
 
 
 def test_master_key_never_reaches_make_output_or_logs(project: Path) -> None:
-    """Neither make's output nor any container log shows the master key."""
+    """Neither make's output nor any container log shows the master key, a
+    credential's secret or a private key."""
     outputs = [make(project, t) for t in ("start", "run", "status", "logs", "stop")]
-    key = _key(project)
+    secrets = secret_values(project)
+    assert {"master.key", "persistent-agent.secret", "client.secret", "issuer.key"} <= set(secrets)
     for result in outputs:
-        assert key not in result.stdout + result.stderr
+        assert leaked(result.stdout + result.stderr, secrets) == []
 
 
 def test_the_key_is_a_secret_file_not_an_environment_variable(project: Path) -> None:
@@ -163,13 +178,7 @@ def test_clean_removes_data_config_and_keys_without_root(project: Path) -> None:
     assert not (project / "config" / config_files.KEY_FILE).exists()
     foreign = [p for p in project.rglob("*") if p.stat().st_uid != os.getuid()]
     assert foreign == []
-    ps = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=pa-docker-test"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert ps.stdout.strip() == ""
+    assert project_containers() == []
 
 
 def test_run_with_nothing_started_says_so_at_once(project: Path) -> None:
@@ -178,7 +187,7 @@ def test_run_with_nothing_started_says_so_at_once(project: Path) -> None:
     assert failed.returncode != 0
     errors = [line for line in failed.stderr.splitlines() if line.startswith("client:")]
     assert errors == [
-        "client: error: nothing is running at ws://sentinel:8000/fame/v1/attach/ws/downstream "
+        "client: error: nothing is running at wss://sentinel:8000/fame/v1/attach/ws/downstream "
         "(unknown host); start it with `make start`"
     ]
 
@@ -201,3 +210,93 @@ def test_build_without_a_registry_says_how_to_build_a_base(built: Path) -> None:
         "error: the base image registry.invalid/python:3.12-slim could not be pulled ("
     )
     assert "`sudo make base-image`, then `make start PYTHON_IMAGE=" in line
+
+
+# What each process finds under /run/secrets: its own credential and files only.
+OWN_SECRETS = {
+    "issuer": {"issuer"},
+    "sentinel": {"master_key", "ca_cert", "sentinel_cert", "sentinel_key"},
+    "persistent-agent": {"master_key", "ca_cert", "agent_secret"},
+    "client": {"ca_cert", "client_secret"},
+}
+ISSUER_FILES = {"ca.crt", "issuer.crt", "issuer.key", "issuer-signing.key", "clients.json"}
+
+
+def _start_idle_client(project: Path) -> str:
+    """A client container as `make run` makes it, idle, so that it can be inspected."""
+    idle = ["python", "-c", "import time; time.sleep(600)"]
+    command = [*compose_command(project), "run", "-d", "client", *idle]
+    run(command, project, env_vars=compose_env(), timeout=120)
+    return container("client")
+
+
+def _attach_failure(url: str, ca_file: Path | None = None) -> BaseException:
+    """What an attach handshake to *url* ends with (it must not succeed)."""
+    import ssl
+
+    from websockets.asyncio.client import connect
+
+    async def attempt() -> None:
+        tls = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
+        async with connect(url, ssl=tls, open_timeout=10):
+            pass
+
+    try:
+        asyncio.run(attempt())
+    except Exception as exc:  # the failure is what is checked
+        return exc
+    raise AssertionError(f"an attach to {url} without a token succeeded")
+
+
+def test_the_secured_flow_holds_no_secret_in_sight_and_publishes_the_sentinel_only(
+    project: Path,
+) -> None:
+    """start and run (the seed's two lines), then: no container's `docker inspect` (Env,
+    Cmd, anything) holds a secret; each process sees only its own files under
+    /run/secrets; only the sentinel publishes a port, and it speaks TLS only: a
+    plain ws:// attach gets no HTTP answer, the same over wss:// is refused for
+    want of a token."""
+    make(project, "start")
+    lines = client_lines(make(project, "run"))
+    assert lines[0] == "Previous state: null"
+    assert re.fullmatch(r'Updated state: \{"value":"\d{13}"\}', lines[1])
+
+    client = _start_idle_client(project)
+    try:
+        secrets = secret_values(project)
+        containers = project_containers()
+        assert len(containers) == len(OWN_SECRETS)
+        published = {}
+        for cid in containers:
+            raw = docker("inspect", cid)
+            assert leaked(raw, secrets) == [], cid
+            info = json.loads(raw)[0]
+            service = info["Config"]["Labels"]["com.docker.compose.service"]
+            assert leaked(json.dumps([info["Config"]["Env"], info["Config"]["Cmd"]]), secrets) == []
+            mounted = set(docker("exec", cid, "ls", "/run/secrets").split())
+            assert mounted == OWN_SECRETS[service], service
+            published[service] = {
+                port: [(b["HostIp"], b["HostPort"]) for b in bindings or []]
+                for port, bindings in (info["HostConfig"]["PortBindings"] or {}).items()
+                if bindings
+            }
+        issuer_dir = set(docker("exec", container("issuer"), "ls", "/run/secrets/issuer").split())
+        assert issuer_dir == ISSUER_FILES
+    finally:
+        docker("rm", "-f", client)
+
+    port = env()["SENTINEL_PORT"]
+    assert published == {
+        "issuer": {},
+        "sentinel": {"8000/tcp": [("127.0.0.1", port)]},
+        "persistent-agent": {},
+        "client": {},
+    }
+    from websockets.exceptions import InvalidMessage, InvalidStatus
+
+    path = "/fame/v1/attach/ws/downstream"
+    plain = _attach_failure(f"ws://127.0.0.1:{port}{path}")
+    assert isinstance(plain, InvalidMessage), repr(plain)
+    tls = _attach_failure(f"wss://127.0.0.1:{port}{path}", project / "config/access/ca.crt")
+    assert isinstance(tls, InvalidStatus), repr(tls)
+    assert tls.response.status_code in (401, 403)

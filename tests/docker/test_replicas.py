@@ -22,17 +22,19 @@ from .conftest import (
     PROJECT_NAME,
     client_lines,
     compose_command,
+    compose_env,
     container,
     docker,
-    env,
+    leaked,
     make,
     run,
+    secret_values,
 )
 
 pytestmark = pytest.mark.docker
 
 REPLICAS = ("replica-1", "replica-2")
-SERVICES = ("postgres", "sentinel", *REPLICAS)
+SERVICES = ("postgres", "issuer", "sentinel", *REPLICAS)
 SECRET_FILE = Path("config", "postgres.password")
 
 
@@ -42,15 +44,8 @@ def _replicas_compose(project: Path) -> list[str]:
     return [*compose_command(project), *files]
 
 
-def _compose_env() -> dict[str, str]:
-    """What the Makefile exports to compose, on top of the tests' environment."""
-    values = env()
-    values.update(PERSISTENT_AGENT_IMAGE=values["IMAGE"], UID_GID=f"{os.getuid()}:{os.getgid()}")
-    return values
-
-
 def _compose(project: Path, *argv: str) -> None:
-    run([*_replicas_compose(project), *argv], project, env_vars=_compose_env(), timeout=300)
+    run([*_replicas_compose(project), *argv], project, env_vars=compose_env(), timeout=300)
 
 
 def _wait_healthy(project: Path, *services: str) -> None:
@@ -58,7 +53,7 @@ def _wait_healthy(project: Path, *services: str) -> None:
     subprocess.run(
         ["scripts/wait_healthy.sh", "120", *services],
         cwd=project,
-        env={**_compose_env(), "COMPOSE": " ".join(_replicas_compose(project))},
+        env={**compose_env(), "COMPOSE": " ".join(_replicas_compose(project))},
         check=True,
         timeout=180,
     )
@@ -114,29 +109,31 @@ def test_replicas_keep_one_exact_count_through_a_killed_replica(project: Path) -
 
 
 def test_replica_secrets_are_files_and_postgres_is_private(project: Path) -> None:
-    """Neither the PostgreSQL password nor the master key is in `docker inspect` of any
-    container or in a replica's environment; the replicas read both from
-    /run/secrets. PostgreSQL runs as nobody, publishes no port, keeps its cluster in
+    """No secret (the PostgreSQL password, the master key, a credential, a private
+    key) is in `docker inspect` of any container or in a replica's environment;
+    each replica reads its own from /run/secrets, and reaches PostgreSQL over
+    verified TLS. PostgreSQL runs as nobody, publishes no port, keeps its cluster in
     the named volume; each replica has its own data directory, the user's, opaque."""
     make(project, "start-replicas")
-    password = (project / SECRET_FILE).read_text().strip()
-    key = (project / "config" / "master.key").read_text().strip()
     assert (project / SECRET_FILE).stat().st_mode & 0o777 == 0o600
     assert _increments(project, 10)["highest"] == 10
 
+    secrets = secret_values(project)
+    assert {"postgres.password", "master.key", "replica-1.secret"} <= set(secrets)
     ids = docker("ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT_NAME}")
     assert len(ids.split()) == len(SERVICES)
     for cid in ids.split():
-        inspect = docker("inspect", cid)
-        assert password not in inspect
-        assert key not in inspect
-    for replica in REPLICAS:
+        assert leaked(docker("inspect", cid), secrets) == []
+    for n, replica in enumerate(REPLICAS, 1):
         cid = container(replica)
         environ = docker("exec", cid, "cat", "/proc/1/environ")
         assert "FAME_STORAGE_POSTGRES_PASSWORD_FILE=/run/secrets/postgres_password" in environ
         assert f"FAME_NODE_ID={replica}" in environ
-        assert password not in environ
-        assert key not in environ
+        # Its own credential (client id = node id).
+        assert f"FAME_ADMISSION_CLIENT_ID={replica}" in environ
+        assert leaked(environ, secrets) == []
+        mounted = set(docker("exec", cid, "ls", "/run/secrets").split())
+        assert mounted == {"master_key", "postgres_password", "ca_cert", f"replica_{n}_secret"}
 
     postgres = container("postgres")
     info = json.loads(docker("inspect", postgres))[0]

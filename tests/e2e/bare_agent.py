@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from naylence.agent import BaseAgent, configs
+from naylence.agent import BaseAgent
 
 from persistent_agent import AGENT_ADDR
+from persistent_agent.access import fabric
 from persistent_agent.node import serving
 
 
@@ -23,7 +24,7 @@ def serve_as_the_agent(name: str, agent: Any) -> int:
         async def start(fabric: Any) -> None:
             await fabric.serve(agent, AGENT_ADDR)
 
-        await serving.serve(start, configs.NODE_CONFIG)
+        await serving.serve(start, fabric.node_config())
 
     return serving.run(name, main)
 

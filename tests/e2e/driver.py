@@ -17,10 +17,11 @@ from typing import Any
 
 os.environ.setdefault("FAME_LOG_LEVEL", "critical")
 
-from naylence.agent import Agent, configs
+from naylence.agent import Agent
 from naylence.fame.core import FameFabric
 
 from persistent_agent import AGENT_ADDR
+from persistent_agent.access.fabric import client_config
 from persistent_agent.node import logs
 from persistent_agent.node.caller import use_unique_node_id
 
@@ -36,7 +37,7 @@ async def main(command: str, arg: str) -> None:
     # attaching is retried (like the real client does), the calls never are.
     for attempt in range(20):
         try:
-            async with FameFabric.create(root_config=configs.CLIENT_CONFIG):
+            async with FameFabric.create(root_config=client_config()):
                 await run(command, arg)
             return
         except TimeoutError as exc:

@@ -39,7 +39,9 @@ def main(root: Path) -> None:
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(agent_dir)], check=True
     )
-    nodes = LocalNodes(root / "config", root / "data", root / "run", port=free_port())
+    nodes = LocalNodes(
+        root / "config", root / "data", root / "run", port=free_port(), issuer_port=free_port()
+    )
     report: dict[str, Any] = {}
     try:
         nodes.start_all()

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -24,10 +25,11 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from persistent_agent.node.link import ATTACH_PREFIX
+from persistent_agent.ops.local_nodes import LocalNodes, access_dir
 
 
 class GapSentinel:
-    def __init__(self, port: int, ready: bool) -> None:
+    def __init__(self, port: int, ready: bool, tls: tuple[Path, Path] | None = None) -> None:
         self.handshakes = 0
         routes: list[Route | WebSocketRoute] = []
         if ready:
@@ -51,6 +53,9 @@ class GapSentinel:
             lifespan="off",
             ws="websockets-sansio",
             interface="asgi3",
+            # The real sentinel's certificate, when the fabric is secured.
+            ssl_certfile=tls[0] if tls else None,
+            ssl_keyfile=tls[1] if tls else None,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=asyncio.run, args=(self._server.serve(),))
@@ -74,6 +79,9 @@ class GapSentinel:
 
 
 @contextlib.contextmanager
-def gap_sentinel(port: int, ready: bool = False) -> Iterator[GapSentinel]:
-    with GapSentinel(port, ready) as server:
+def gap_sentinel(nodes: LocalNodes, ready: bool = False) -> Iterator[GapSentinel]:
+    """The stand-in on *nodes*' sentinel port, with the sentinel's certificate if secured."""
+    access = access_dir(nodes.config_dir)
+    tls = (access / "sentinel.crt", access / "sentinel.key") if nodes.secure else None
+    with GapSentinel(nodes.port, ready, tls) as server:
         yield server

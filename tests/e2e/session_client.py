@@ -16,10 +16,11 @@ import sys
 
 os.environ.setdefault("FAME_LOG_LEVEL", "critical")
 
-from naylence.agent import Agent, configs
+from naylence.agent import Agent
 from naylence.fame.core import FameFabric
 
 from persistent_agent import AGENT_ADDR
+from persistent_agent.access.fabric import client_config
 from persistent_agent.node import logs
 from persistent_agent.node.caller import use_unique_node_id
 
@@ -38,7 +39,7 @@ async def main() -> None:
     logs.install()
     use_unique_node_id()
     loop = asyncio.get_running_loop()
-    async with FameFabric.create(root_config=configs.CLIENT_CONFIG):
+    async with FameFabric.create(root_config=client_config()):
         agent = Agent.remote_by_address(AGENT_ADDR)
         print(json.dumps({"ready": True}), flush=True)
         pending = set()

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
 
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.node.agent import STATE_NAMESPACE
@@ -30,7 +29,7 @@ from persistent_agent.storage import database, layout
 
 from ..conftest import REPO, checksums, wait_until
 from ..data_keys import data_key, node_key_text
-from .conftest import read_lines
+from .conftest import attach_socket, read_lines
 
 pytestmark = pytest.mark.e2e
 
@@ -274,7 +273,13 @@ def test_a_second_agent_on_the_same_data_directory_stops_at_startup(nodes: Local
     the first one keeps serving its value, and its files are not touched."""
     nodes.start_all()
     driver(nodes, "store", '"kept"')
-    second = LocalNodes(nodes.config_dir, nodes.data_dir, nodes.run_dir / "second", port=nodes.port)
+    second = LocalNodes(
+        nodes.config_dir,
+        nodes.data_dir,
+        nodes.run_dir / "second",
+        port=nodes.port,
+        issuer_port=nodes.issuer_port,
+    )
     with pytest.raises(LocalNodeError) as info:
         second.start("agent")
     agent_dir = (nodes.data_dir / "agent").resolve()
@@ -351,14 +356,9 @@ def test_a_key_inline_in_an_env_file_others_can_read_is_refused(nodes: LocalNode
     assert str(agent_env.resolve()) in nodes.log_file("agent").read_text()
 
 
-def _attach_url(nodes: LocalNodes) -> str:
-    """The sentinel's websocket attach endpoint, as a stranger node would dial it."""
-    return f"{nodes.admission_url()}/probe-{os.getpid()}"
-
-
 def _closed_by_sentinel(nodes: LocalNodes, frame: bytes) -> int | None:
     """Send *frame* as it is to the attach endpoint; the code the sentinel closed with."""
-    with connect(_attach_url(nodes), max_size=None) as ws:
+    with attach_socket(nodes, max_size=None) as ws:
         ws.send(frame)
         with pytest.raises(ConnectionClosed) as closed:
             while True:  # what a stranger may be sent first (nothing, today)
@@ -411,7 +411,7 @@ def test_stored_values_never_reach_the_logs_under_faults(nodes: LocalNodes, leve
     nodes.start("sentinel")
     driver(nodes, "store", json.dumps(f"{marker}-4"))
     malformed = f'{{"frame": {{"type": "Data", "payload": "{marker}-5'.encode()
-    with connect(_attach_url(nodes)) as ws:
+    with attach_socket(nodes) as ws:
         ws.send(malformed)
         sentinel_log = nodes.log_file("sentinel")
         wait_until(lambda: "Invalid envelope" in sentinel_log.read_text(), "the malformed frame")

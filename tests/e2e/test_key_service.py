@@ -124,7 +124,11 @@ def _use_key_service(config_dir: Path, bao: Bao, token: str) -> None:
 def vault_nodes(initialised: Path, bao: Bao) -> Iterator[LocalNodes]:
     _use_key_service(initialised / "config", bao, bao.token())
     local = LocalNodes(
-        initialised / "config", initialised / "data", initialised / "run", port=free_port()
+        initialised / "config",
+        initialised / "data",
+        initialised / "run",
+        port=free_port(),
+        issuer_port=free_port(),
     )
     yield local
     local.stop_all()

@@ -83,7 +83,7 @@ def test_an_agent_refused_by_a_ready_sentinel_restarts_in_place(nodes: LocalNode
     nodes.start_all()
     pid = nodes.pid("agent")
     nodes.stop("sentinel")
-    with gap_sentinel(nodes.port, ready=True):
+    with gap_sentinel(nodes, ready=True):
         wait_until(
             lambda: "restarting in place" in nodes.log_file("agent").read_text(),
             "the agent to restart",
@@ -102,9 +102,9 @@ def test_under_a_supervisor_the_agent_exits_69_for_it_to_restart(nodes: LocalNod
     nodes.extra_env.update({DETACHED_EXIT_VAR: "1", RESTART_VAR: ""})
     nodes.start_all()
     nodes.stop("sentinel")
-    with gap_sentinel(nodes.port, ready=True):
+    with gap_sentinel(nodes, ready=True):
         assert nodes.wait("agent", timeout=120) == 69
-    assert "persistent-agent: error: not attached to ws://" in nodes.last_line("agent")
+    assert "persistent-agent: error: not attached to wss://" in nodes.last_line("agent")
 
 
 def test_a_client_waits_for_a_sentinel_that_is_still_starting(nodes: LocalNodes) -> None:
@@ -112,7 +112,8 @@ def test_a_client_waits_for_a_sentinel_that_is_still_starting(nodes: LocalNodes)
     retried, and the call is served once the sentinel and agent are up."""
     argv, env = nodes.client_command()
     env["CLIENT_TIMEOUT_SECONDS"] = "120"
-    with gap_sentinel(nodes.port) as gap:
+    nodes.start("issuer")  # the client's token comes first
+    with gap_sentinel(nodes) as gap:
         client = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         wait_until(lambda: gap.handshakes >= 2 or client.poll() is not None, "a second try")
     nodes.start_all()
@@ -125,7 +126,8 @@ def test_a_client_waits_for_a_sentinel_that_is_still_starting(nodes: LocalNodes)
 def test_a_client_refused_by_a_ready_sentinel_fails_at_once_saying_so(nodes: LocalNodes) -> None:
     """A 403 from a sentinel whose health check says ready is a refusal: one line, no retry,
     and not labelled as the agent's answer."""
-    with gap_sentinel(nodes.port, ready=True) as refusing:
+    nodes.start("issuer")  # the client's token comes first
+    with gap_sentinel(nodes, ready=True) as refusing:
         result = run_client(nodes, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (

@@ -116,7 +116,7 @@ def test_client_with_nothing_running_fails_at_once_naming_the_target(
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith(f"client: error: nothing is running at {nodes.admission_url()}")
+    assert lines[0].startswith(f"client: error: nothing is running at {nodes.issuer_url()}")
     assert "(connection refused); start it with `make local-start`" in lines[0]
     # It did not retry: the 120 s budget is far from used up.
     assert elapsed < 60
@@ -125,12 +125,13 @@ def test_client_with_nothing_running_fails_at_once_naming_the_target(
 def test_client_with_an_unknown_sentinel_host_fails_at_once(nodes: LocalNodes) -> None:
     """`sentinel` does not resolve outside compose: said at once, with the target to run."""
     argv, env = nodes.client_command()
-    env["FAME_DIRECT_ADMISSION_URL"] = "ws://sentinel.invalid:8000/fame/v1/attach/ws/downstream"
+    env["FAME_DIRECT_ADMISSION_URL"] = "wss://sentinel.invalid:8000/fame/v1/attach/ws/downstream"
+    # The client asks the token issuer first: outside compose it is unknown too.
+    env["FAME_ADMISSION_TOKEN_URL"] = "https://issuer.invalid:8443/oauth/token"  # noqa: S105
     env["CLIENT_TIMEOUT_SECONDS"] = "120"
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert result.returncode == 2
-    assert "nothing is running at ws://sentinel.invalid:8000" in result.stderr
-    assert "(unknown host)" in result.stderr
+    assert "nothing is running at https://issuer.invalid:8443 (unknown host)" in result.stderr
 
 
 def _start_client_and_wait_until_it_retries(

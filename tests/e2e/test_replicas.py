@@ -19,8 +19,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from persistent_agent.access import fabric, pki
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.keys.master_key import generate_master_key, write_key_file
+from persistent_agent.ops import access
+from persistent_agent.ops.local_nodes import access_dir
 from persistent_agent.ops.postgres_server import PostgresServer
 from persistent_agent.ops.replicas import LocalReplicas, replica_ids, state_version, summary_of
 
@@ -33,8 +36,11 @@ pytestmark = pytest.mark.e2e
 def make_replicas(
     root: Path, server: PostgresServer, dsn: str, count: int, **kwargs: Any
 ) -> LocalReplicas:
+    """*count* replicas on *dsn*, each with a credential of its own in config/access."""
+    access.ensure(root / "config", {replica: "agent" for replica in replica_ids(count)})
     return LocalReplicas(
-        root / "config", root / "data", root / "run", port=free_port(), dsn=dsn,
+        root / "config", root / "data", root / "run", port=free_port(),
+        issuer_port=free_port(), dsn=dsn,
         password_file=server.password_file, replicas=replica_ids(count), **kwargs,
     )  # fmt: skip
 
@@ -200,8 +206,17 @@ def hosts() -> Iterator[list[tuple[str, str]]]:
 def test_replicas_on_separate_hosts_reach_postgres_over_the_network(
     initialised: Path, tmp_path: Path, hosts: list[tuple[str, str]]
 ) -> None:
-    """Each replica in its own network namespace: PostgreSQL and the sentinel only over veth."""
-    listen = ",".join(["127.0.0.1", *(address for _, address in hosts)])
+    """Each replica in its own network namespace: PostgreSQL, the sentinel and the token
+    issuer only over veth.
+
+    The sentinel's and the issuer's certificates are the project's (config/access,
+    as in the demo), issued for the veth addresses too: each replica verifies them
+    by the address it reaches them at.
+    """
+    addresses = [address for _, address in hosts]
+    listen = ",".join(["127.0.0.1", *addresses])
+    for reached in ("sentinel", "issuer"):
+        pki.ensure_server_cert(access_dir(initialised / "config"), reached, addresses)
     server = PostgresServer(tmp_path / "pg", tmp_path / "pg" / "superuser.password", host=listen)
     server.start()
     nodes: LocalReplicas | None = None
@@ -212,9 +227,10 @@ def test_replicas_on_separate_hosts_reach_postgres_over_the_network(
             nodes.hosts[replica] = ["ip", "netns", "exec", ns]
             # This replica's way to the others: its veth link.
             nodes.host_env[replica] = {
-                "FAME_DIRECT_ADMISSION_URL": (
-                    f"ws://{address}:{nodes.port}/fame/v1/attach/ws/downstream"
+                fabric.ADMISSION_URL_VAR: (
+                    f"wss://{address}:{nodes.port}/fame/v1/attach/ws/downstream"
                 ),
+                fabric.TOKEN_URL_VAR: f"https://{address}:{nodes.issuer_port}/oauth/token",
                 "FAME_STORAGE_POSTGRES_DSN": server.dsn("hosts", host=address),
             }
         nodes.start_all()

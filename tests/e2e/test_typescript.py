@@ -19,7 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from persistent_agent.ops.local_nodes import ATTACH_PATH, LocalNodes
+from persistent_agent.access.fabric import DEFAULT_AUDIENCE, pinned_roots
+from persistent_agent.ops.local_nodes import ATTACH_PATH, LocalNodes, access_dir
 
 from ..conftest import REPO, wait_until
 from .conftest import free_port, run_client, stored_value
@@ -71,11 +72,31 @@ def _ts_env(**settings: str) -> dict[str, str]:
     return env
 
 
-def _ts_client(ts: Path, port: int) -> list[str]:
+def ts_client_env(nodes: LocalNodes) -> dict[str, str]:
+    """How the TS SDK's client authenticates to our sentinel, with settings only: the
+    runtime's `direct` admission profile (client credentials; the TS SDK reads the secret
+    from FAME_ADMISSION_CLIENT_SECRET only), the token-subject node id the sentinel
+    requires, and the project CA pinned (Node's --use-openssl-ca makes it read
+    SSL_CERT_FILE / SSL_CERT_DIR, in place of its bundled roots)."""
+    access = access_dir(nodes.config_dir)
+    return _ts_env(
+        FAME_DIRECT_ADMISSION_URL=nodes.admission_url(),
+        FAME_ADMISSION_PROFILE="direct",
+        FAME_ADMISSION_TOKEN_URL=f"{nodes.issuer_url()}/oauth/token",
+        FAME_ADMISSION_CLIENT_ID="client",
+        FAME_ADMISSION_CLIENT_SECRET=(access / "client.secret").read_text().strip(),
+        FAME_JWT_AUDIENCE=DEFAULT_AUDIENCE,
+        FAME_NODE_IDENTITY_PROFILE="token-subject",
+        NODE_OPTIONS="--use-openssl-ca",
+        **pinned_roots(access / "ca.crt"),
+    )
+
+
+def _ts_client(ts: Path, nodes: LocalNodes) -> list[str]:
     run = subprocess.run(
         ["node", "client.mjs"],
         cwd=ts,
-        env=_ts_env(FAME_DIRECT_ADMISSION_URL=_url(port)),
+        env=ts_client_env(nodes),
         capture_output=True,
         text=True,
         timeout=120,
@@ -88,12 +109,14 @@ def _ts_client(ts: Path, port: int) -> list[str]:
 
 
 def test_the_typescript_client_talks_to_our_sentinel_and_agent(ts: Path, nodes: LocalNodes) -> None:
-    """The TS client (storeValue/retrieveValue) twice through our nodes: each run's
-    Previous state is the run before's Updated state, in the seed's {"value": …} shape;
-    then our client reads the value the TS client wrote."""
+    """The TS client (storeValue/retrieveValue) twice through our secured nodes, with its
+    own credential over TLS: each run's Previous state is the run before's Updated state,
+    in the seed's {"value": …} shape; then our client reads the value the TS client wrote."""
     nodes.start_all()
-    first = _ts_client(ts, nodes.port)
-    second = _ts_client(ts, nodes.port)
+    first = _ts_client(ts, nodes)
+    second = _ts_client(ts, nodes)
+    admitted = nodes.log_file("sentinel").read_text()
+    assert "refused" not in admitted
     print("\n".join(["TS client -> our nodes:", *first, *second]))
     assert first[0] == "Previous state: {}"
     assert first[1].startswith('Updated state: {"value":"')
@@ -147,10 +170,12 @@ def _listening(port: int, process: subprocess.Popen[bytes]) -> bool:
 def test_our_client_talks_to_a_typescript_sentinel_and_agent(
     ts_nodes: int, nodes: LocalNodes
 ) -> None:
-    """Our client against the original's nodes: "Method not found" for the Python names
-    makes it use storeValue/retrieveValue, and the chain holds over two runs (it waits for
-    the TS agent to attach the way it waits for ours)."""
+    """Our client against the original's (unauthenticated) nodes, through the documented
+    opt-out on loopback: "Method not found" for the Python names makes it use
+    storeValue/retrieveValue, and the chain holds over two runs (it waits for the TS agent
+    to attach the way it waits for ours)."""
     nodes.port = ts_nodes
+    nodes.secure = False
     first, second = run_client(nodes), run_client(nodes)
     print("\n".join(["our client -> TS nodes:", first.stdout, second.stdout]))
     assert first.returncode == 0, first.stderr

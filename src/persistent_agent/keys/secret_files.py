@@ -19,13 +19,23 @@ from persistent_agent.errors import ConfigError
 
 def write_private(path: Path, text: str) -> None:
     """Replace *path* with *text*, atomically, mode 0600, synced to disk."""
+    write_file(path, text.encode(), 0o600)
+
+
+def write_file(path: Path, data: bytes, mode: int) -> None:
+    """Replace *path* with *data*, atomically, with *mode*, synced to disk.
+
+    The temp file is owner-only from its creation; *mode* is set before it
+    takes the name (0644 for a certificate anyone may read).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     # mkstemp creates the temp file exclusively, owner-only, under a fresh name.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
+            os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:

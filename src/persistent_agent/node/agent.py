@@ -16,6 +16,7 @@ version and timestamp stay in the stored state.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, ClassVar, TypedDict
 
@@ -73,9 +74,11 @@ class PublicState(TypedDict, total=False):
 
 
 def _node_id() -> str:
+    """The replica's name: its configured FAME_NODE_ID (the fabric prefixes the node
+    id it attaches with by its credential's fingerprint), else the node id."""
     from naylence.fame.node.node import get_node
 
-    return str(get_node().id)
+    return os.environ.get("FAME_NODE_ID") or str(get_node().id)
 
 
 def public(state: CustomAgentState) -> PublicState:

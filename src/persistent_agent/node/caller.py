@@ -20,7 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 from persistent_agent import AGENT_ADDR
+from persistent_agent.access.fabric import refusal
 from persistent_agent.errors import (
+    AccessRefusedError,
     AgentOverloadedError,
     ClientCallError,
     ConfigError,
@@ -97,15 +99,17 @@ async def _session(value: str, deadline: float) -> tuple[Any, Any]:
     Tries the Python operation names, and on "method not found" the
     TypeScript ones (an agent of the original example).
     """
-    from naylence.agent import Agent, configs
+    from naylence.agent import Agent
     from naylence.fame.core import FameFabric
+
+    from persistent_agent.access.fabric import client_config
 
     def limit() -> float:
         return max(min(_CALL_TIMEOUT, deadline - time.monotonic()), 0.1)
 
     from persistent_agent.node.logs import drop_noop_tracing
 
-    async with FameFabric.create(root_config=configs.CLIENT_CONFIG) as fabric:
+    async with FameFabric.create(root_config=client_config()) as fabric:
         drop_noop_tracing(fabric.node)
         agent = Agent.remote_by_address(AGENT_ADDR)
         for i, (retrieve, store) in enumerate(OPERATION_NAMES):
@@ -167,17 +171,27 @@ def refused_status(exc: BaseException) -> int | None:
     return None if refused is None else int(refused.response.status_code)
 
 
-def nothing_running(exc: BaseException) -> str | None:
-    """Why no sentinel can be reached at all (refused, unknown host), or None."""
+def nothing_running(exc: BaseException, url: str) -> tuple[str, str] | None:
+    """Where nothing can be reached at all and why (refused, unknown host), or None.
+
+    Secured, the client asks the token issuer first, so with nothing started
+    it is the issuer that cannot be reached: the answer names it, not *url*
+    (the sentinel's).
+    """
+    from aiohttp import ClientConnectorError
     from naylence.fame.errors import FameConnectError
 
-    if not isinstance(exc, FameConnectError):
+    cause: BaseException | None
+    if (issuer := find_cause(exc, ClientConnectorError)) is not None:
+        cause, url = issuer.os_error, f"https://{issuer.host}:{issuer.port}"
+    elif isinstance(exc, FameConnectError):
+        cause = exc.__cause__ or exc.__context__
+    else:
         return None
-    cause = exc.__cause__ or exc.__context__
     if isinstance(cause, ConnectionRefusedError):
-        return "connection refused"
+        return url, "connection refused"
     if isinstance(cause, socket.gaierror):
-        return "unknown host"
+        return url, "unknown host"
     return None
 
 
@@ -238,9 +252,12 @@ async def run(
         except BaseException as exc:  # the runtime's connection errors are BaseExceptions
             if not isinstance(exc, Exception) and not retryable(exc):
                 raise
-            if attempt == 1 and (why := nothing_running(exc)):
+            if (why_not := refusal(exc)) is not None:
+                raise AccessRefusedError(f"{why_not} (at {url})") from None
+            if attempt == 1 and (unreached := nothing_running(exc, url)):
+                where, why = unreached
                 raise NothingRunningError(
-                    f"nothing is running at {url} ({why}); start it with `{start_hint()}`"
+                    f"nothing is running at {where} ({why}); start it with `{start_hint()}`"
                 ) from None
             if (status := refused_status(exc)) is not None:
                 readiness = await link.sentinel_readiness(url)

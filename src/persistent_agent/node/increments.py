@@ -116,15 +116,17 @@ async def increment(agent: Any, n: int, tally: Tally, deadline: float | None = N
 
 async def run(calls: int, concurrency: int, n: int = 1) -> Tally:
     """*calls* increments of *n*, *concurrency* at a time, over one client connection."""
-    from naylence.agent import Agent, configs
+    from naylence.agent import Agent
     from naylence.fame.core import FameFabric
+
+    from persistent_agent.access.fabric import client_config
 
     caller.use_unique_node_id()
     tally = Tally()
     gate = asyncio.Semaphore(concurrency)
     from persistent_agent.node.logs import drop_noop_tracing
 
-    async with FameFabric.create(root_config=configs.CLIENT_CONFIG) as fabric:
+    async with FameFabric.create(root_config=client_config()) as fabric:
         drop_noop_tracing(fabric.node)
         agent = Agent.remote_by_address(AGENT_ADDR)
 

@@ -59,20 +59,34 @@ class BoundedHttpServer(HttpServer):
 
     _shared: ClassVar[dict[tuple[str, int], BoundedHttpServer]] = {}
 
-    def __init__(self, *, host: str = "0.0.0.0", port: int = 0) -> None:  # noqa: S104 - as the runtime's
+    def __init__(
+        self,
+        *,
+        host: str = "0.0.0.0",  # noqa: S104 - as the runtime's
+        port: int = 0,
+        tls: tuple[str, str] | None = None,
+    ) -> None:
         from fastapi import FastAPI
 
         super().__init__(host=host, port=port)
+        self._tls = tls
         self._app = FastAPI(title="Fame HTTP Server", lifespan=None)
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def shared(cls, host: str, port: int) -> BoundedHttpServer:
-        """The running server for *host*:*port*, started by the first listener that asks."""
+    async def shared(
+        cls, host: str, port: int, tls: tuple[str, str] | None = None
+    ) -> BoundedHttpServer:
+        """The running server for *host*:*port*, started by the first listener that asks.
+
+        *tls*: (certificate file, key file), to serve HTTPS and ``wss://`` only.
+        """
         server = cls._shared.get((host, port))
         if server is None:
-            server = cls._shared[(host, port)] = cls(host=host, port=port)
+            server = cls._shared[(host, port)] = cls(host=host, port=port, tls=tls)
+        elif server._tls != tls:
+            raise RuntimeError(f"listeners on {host}:{port} disagree on TLS")
         await server.start()
         return server
 
@@ -95,6 +109,8 @@ class BoundedHttpServer(HttpServer):
             # Named, not "auto": the bound below is applied by this implementation.
             ws="websockets",
             ws_max_size=max_frame_bytes(),
+            ssl_certfile=self._tls[0] if self._tls else None,
+            ssl_keyfile=self._tls[1] if self._tls else None,
         )
         self._server = server = uvicorn.Server(config)
         self._task = task = asyncio.create_task(server.serve())
@@ -149,10 +165,17 @@ async def _authorizer(config: HttpListenerConfig | WebSocketListenerConfig) -> A
     return await create_resource(AuthorizerFactory, config.authorizer)
 
 
+def _tls(config: Any) -> tuple[str, str] | None:
+    cert, key = config.tls_cert_file, config.tls_key_file
+    return (cert, key) if cert and key else None
+
+
 class BoundedHttpListenerConfig(HttpListenerConfig):
     """The runtime's HTTP listener, on :class:`BoundedHttpServer`."""
 
     type: str = HTTP_LISTENER_TYPE
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
 
 class BoundedHttpListenerFactory(TransportListenerFactory):
@@ -166,7 +189,7 @@ class BoundedHttpListenerFactory(TransportListenerFactory):
         settings = BoundedHttpListenerConfig.model_validate(
             config.model_dump() if isinstance(config, HttpListenerConfig) else config or {}
         )
-        server = await BoundedHttpServer.shared(settings.host, settings.port)
+        server = await BoundedHttpServer.shared(settings.host, settings.port, _tls(settings))
         return HttpListener(http_server=server, authorizer=await _authorizer(settings), **kwargs)
 
 
@@ -252,6 +275,8 @@ class BoundedWebSocketListenerConfig(WebSocketListenerConfig):
     """The runtime's websocket attach listener, on :class:`BoundedHttpServer`."""
 
     type: str = WEBSOCKET_LISTENER_TYPE
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
 
 class BoundedWebSocketListenerFactory(TransportListenerFactory):
@@ -263,7 +288,7 @@ class BoundedWebSocketListenerFactory(TransportListenerFactory):
         settings = BoundedWebSocketListenerConfig.model_validate(
             config.model_dump() if isinstance(config, WebSocketListenerConfig) else config or {}
         )
-        server = await BoundedHttpServer.shared(settings.host, settings.port)
+        server = await BoundedHttpServer.shared(settings.host, settings.port, _tls(settings))
         # As the runtime's factory: a token verifier passed in is used only if it is one.
         verifier = kwargs.pop("token_verifier", None)
         return GrantingWebSocketListener(

@@ -20,7 +20,9 @@ from typing import Any
 
 from dotenv import dotenv_values, load_dotenv
 
+from persistent_agent.access import fabric
 from persistent_agent.errors import (
+    AccessRefusedError,
     ConfigError,
     KeyFileExposedError,
     StorageProfileError,
@@ -56,7 +58,7 @@ def load_env() -> None:
         values = dotenv_values(path, interpolate=False)
         if values.get(master_key.ENV_VAR):
             KeyFileExposedError.check(path)
-        for name in PATH_SETTINGS:
+        for name in (*PATH_SETTINGS, *fabric.PATH_SETTINGS):
             value = values.get(name)
             if value and name not in os.environ:
                 os.environ[name] = str(path.parent / value)
@@ -263,6 +265,9 @@ async def serve(
             if (went := await session()) is None:
                 break
         except BaseException as exc:
+            if (why_not := fabric.refusal(exc)) is not None:
+                # Retrying with the same credential or CA cannot help.
+                raise AccessRefusedError(why_not) from None
             if not upstream or find_error(exc) is not None or not _attach_failure(exc):
                 raise
             outage.failed(exc)

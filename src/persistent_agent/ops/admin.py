@@ -13,9 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from persistent_agent.access import fabric
 from persistent_agent.errors import ConfigError, LocalNodeError, PersistentAgentError, report
 from persistent_agent.ops import backup, config_files, inspection, rotation, shared_tools
-from persistent_agent.ops.local_nodes import LocalNodes
+from persistent_agent.ops.local_nodes import DEFAULT_ISSUER_PORT, LocalNodes
 from persistent_agent.storage.layout import NODE_ROLES
 
 Handler = Callable[[argparse.Namespace], int]
@@ -52,7 +53,9 @@ def _require_config(args: argparse.Namespace) -> None:
 
 
 def _nodes(args: argparse.Namespace) -> LocalNodes:
-    return LocalNodes(args.config_dir, args.data_dir, args.run_dir, port=args.port)
+    return LocalNodes(
+        args.config_dir, args.data_dir, args.run_dir, port=args.port, issuer_port=args.issuer_port
+    )
 
 
 @command("init", "persistent-agent-admin init   # keeps an existing key", config_files.INIT_HELP)
@@ -60,16 +63,51 @@ def _init(args: argparse.Namespace) -> int:
     return config_files.run_init(args)
 
 
+@command("access", "persistent-agent-admin access")
+def _access(args: argparse.Namespace) -> int:
+    """Create, once, what the secured fabric needs: CA, certificates, credentials, issuer key."""
+    from persistent_agent.ops import access
+    from persistent_agent.ops.replicas import replica_ids
+
+    replicas = {replica: "agent" for replica in replica_ids(args.replicas)}
+    print(access.ensure(args.config_dir, replicas))
+    for line in access.expiry_warnings(args.config_dir):
+        print(line, file=sys.stderr)
+    return 0
+
+
+@command("rotate-credentials", "persistent-agent-admin rotate-credentials --client client")
+def _rotate_credentials(args: argparse.Namespace) -> int:
+    """Give a credential a new secret and revoke every token issued before; restart its node."""
+    from persistent_agent.ops import access
+
+    print(access.rotate_credential(args.config_dir, args.client, _nodes(args)))
+    return 0
+
+
+@command("reissue-certs", "persistent-agent-admin reissue-certs")
+def _reissue_certs(args: argparse.Namespace) -> int:
+    """Issue new server certificates from the project CA; restart the local servers using them."""
+    from persistent_agent.ops import access
+
+    print(access.reissue(args.config_dir, _nodes(args)))
+    return 0
+
+
 @command("local-start", "persistent-agent-admin local-start --port 8000")
 def _local_start(args: argparse.Namespace) -> int:
-    """Start the sentinel and the agent as local background processes."""
+    """Start the token issuer, the sentinel and the agent as local background processes."""
     nodes = _nodes(args)
     nodes.start_all()
-    print(
-        f"local: sentinel on 127.0.0.1:{args.port} and persistent-agent are up "
-        f"(logs in {args.run_dir})"
-    )
+    print(f"local: {_describe(nodes)} up (logs in {args.run_dir})")
     return 0
+
+
+def _describe(nodes: LocalNodes) -> str:
+    sentinel = f"sentinel on {nodes.admission_url().split('/fame/')[0]}"
+    if nodes.secure:
+        return f"token issuer on {nodes.issuer_url()}, {sentinel} and persistent-agent are"
+    return f"{sentinel} (UNSECURED: {fabric.SECURITY_VAR}=off) and persistent-agent are"
 
 
 @command("local-stop", "persistent-agent-admin local-stop")
@@ -82,13 +120,13 @@ def _local_stop(args: argparse.Namespace) -> int:
 
 @command("local-status", "persistent-agent-admin local-status")
 def _local_status(args: argparse.Namespace) -> int:
-    """Show whether the local sentinel and agent run and serve; exit 1 if either does not.
+    """Show whether the local issuer, sentinel and agent run and serve; exit 1 if one does not.
 
     The agent serves only while it is attached to the sentinel.
     """
     nodes = _nodes(args)
     up = True
-    for role in ("sentinel", "agent"):
+    for role in nodes.roles():
         pid = nodes.pid(role)
         serving = pid is not None and nodes.serving(role)
         up = up and serving
@@ -124,7 +162,7 @@ def _demo(args: argparse.Namespace) -> int:
         return result.stdout
 
     try:
-        print(f"== starting sentinel (127.0.0.1:{args.port}) and persistent-agent", flush=True)
+        print(f"== starting: {_describe(nodes).removesuffix(' are')}", flush=True)
         nodes.start_all()
         first = client_run("client run 1")
         print("== restarting persistent-agent", flush=True)
@@ -295,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("SENTINEL_PORT", "8000")),
         help="sentinel port for the local-* commands (default: $SENTINEL_PORT or 8000)",
     )
+    parser.add_argument(
+        "--issuer-port",
+        type=int,
+        default=int(os.environ.get("ISSUER_PORT", str(DEFAULT_ISSUER_PORT))),
+        help=f"token issuer port for the local-* commands (default: $ISSUER_PORT or "
+        f"{DEFAULT_ISSUER_PORT})",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (fn, doc, example) in _COMMANDS.items():
         p = sub.add_parser(
@@ -324,6 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--replicas", type=int, default=2, help="agent replicas (default 2)")
             p.add_argument("--clients", type=int, default=4, help="client processes (default 4)")
             p.add_argument("--calls", type=int, default=300, help="increments in all (default 300)")
+        if name == "access":
+            p.add_argument(
+                "--replicas",
+                type=int,
+                default=0,
+                help="also credentials replica-1 .. replica-N (the replicas variant)",
+            )
+        if name == "rotate-credentials":
+            p.add_argument("--client", required=True, help="the credential's client id")
         if name == "local-run":
             p.add_argument("--verbose", action="store_true", help="show envelopes")
     return parser

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from persistent_agent.access import fabric
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.node.caller import START_HINT_VAR
 from persistent_agent.node.sentinel import DEFAULT_HOST, HOST_VAR
@@ -33,8 +34,22 @@ from persistent_agent.ops.config_files import env_file
 
 _NODE_SETTINGS = ("FAME_", "PERSISTENT_AGENT_")
 HOST_SETTING = "SENTINEL_HOST"  # the user's one setting, for local and Docker alike
-MODULES = {"sentinel": "persistent_agent.node.sentinel", "agent": "persistent_agent"}
+MODULES = {
+    "issuer": "persistent_agent.access.issuer",
+    "sentinel": "persistent_agent.node.sentinel",
+    "agent": "persistent_agent",
+}
+# The roles that keep storage (the issuer keeps its keys in config/access).
+STORAGE_ROLES = ("sentinel", "agent")
 ATTACH_PATH = "/fame/v1/attach/ws/downstream"
+# Each local process's credential (config/access/<id>.secret), by role.
+CLIENT_IDS = {"agent": "persistent-agent", "client": "client"}
+DEFAULT_ISSUER_PORT = 8443
+
+
+def access_dir(config_dir: Path) -> Path:
+    """Where the CA, the certificates, the credentials and the issuer's keys live."""
+    return config_dir / "access"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -50,18 +65,58 @@ class LocalNodes:
     data_dir: Path
     run_dir: Path
     port: int = 8000
-    # Loopback unless the user asks otherwise: the demo has no authentication.
+    # Loopback unless the user asks otherwise.
     host: str = field(default_factory=lambda: os.environ.get(HOST_SETTING) or DEFAULT_HOST)
+    issuer_port: int = DEFAULT_ISSUER_PORT
+    # Secure unless the user opts out (PERSISTENT_AGENT_FABRIC_SECURITY=off, loopback only).
+    secure: bool = field(default_factory=lambda: os.environ.get(fabric.SECURITY_VAR, "on") != "off")
     python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
     # Popen handles of the processes this object started, kept so that they
     # are reaped (and do not warn) when stopped.
     _children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
+    def _reach(self) -> str:
+        # A server listening on every address is reached on loopback.
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+
     def admission_url(self) -> str:
-        # A sentinel listening on every address is reached on loopback.
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
-        return f"ws://{host}:{self.port}{ATTACH_PATH}"
+        return f"{'wss' if self.secure else 'ws'}://{self._reach()}:{self.port}{ATTACH_PATH}"
+
+    def issuer_url(self) -> str:
+        return f"https://{self._reach()}:{self.issuer_port}"
+
+    def access_env(self, role: str, client_id: str | None = None) -> dict[str, str]:
+        """The fabric settings of *role* (access/fabric.py), files in config/access."""
+        access = access_dir(self.config_dir).resolve()
+        if not self.secure:
+            return {fabric.SECURITY_VAR: "off"}
+        env = {
+            fabric.SECURITY_VAR: "on",
+            fabric.CA_FILE_VAR: str(access / "ca.crt"),
+            # Pinned from the start (fabric.pin_ca does it again): aiohttp builds
+            # its default TLS context when it is imported.
+            **fabric.pinned_roots(access / "ca.crt"),
+            fabric.ISSUER_VAR: self.issuer_url(),
+            fabric.AUDIENCE_VAR: fabric.DEFAULT_AUDIENCE,
+        }
+        if role == "issuer":
+            env["PERSISTENT_AGENT_ACCESS_DIR"] = str(access)
+            env["PERSISTENT_AGENT_ISSUER_HOST"] = self.host
+            env["PERSISTENT_AGENT_ISSUER_PORT"] = str(self.issuer_port)
+        elif role == "sentinel":
+            env[fabric.TLS_CERT_VAR] = str(access / "sentinel.crt")
+            env[fabric.TLS_KEY_VAR] = str(access / "sentinel.key")
+        else:
+            client_id = client_id or CLIENT_IDS[role]
+            if role == "agent":
+                # A configured id, so that the runtime's token-subject policy
+                # gives the agent the same node id at every start.
+                env["FAME_NODE_ID"] = client_id
+            env[fabric.TOKEN_URL_VAR] = f"{self.issuer_url()}/oauth/token"
+            env[fabric.CLIENT_ID_VAR] = client_id
+            env[fabric.SECRET_FILE_VAR] = str(access / f"{client_id}.secret")
+        return env
 
     def pid_file(self, role: str) -> Path:
         return self.run_dir / f"{role}.pid"
@@ -82,10 +137,13 @@ class LocalNodes:
         reach the nodes. PATH, HOME and the like pass through.
         """
         env = {k: v for k, v in os.environ.items() if not k.startswith(_NODE_SETTINGS)}
-        env[ENV_FILE_VAR] = str(env_file(self.config_dir, role).resolve())
-        env["FAME_DIRECT_ADMISSION_URL"] = self.admission_url()
-        if role in MODULES:
+        if role != "issuer":
+            env[ENV_FILE_VAR] = str(env_file(self.config_dir, role).resolve())
+            env["FAME_DIRECT_ADMISSION_URL"] = self.admission_url()
+        env.update(self.access_env(role))
+        if role in STORAGE_ROLES:
             env["FAME_STORAGE_DB_DIRECTORY"] = str((self.data_dir / role).resolve())
+        if role in MODULES:
             env[READY_FILE_VAR] = str(self.ready_file(role).resolve())
         if role == "agent":
             # No supervisor stays behind local-start: a node that must restart
@@ -145,9 +203,16 @@ class LocalNodes:
         return process
 
     def start(self, role: str, timeout: float = 120.0, module: str | None = None) -> int:
-        """Start *role* in the background and return once it is serving."""
+        """Start *role* in the background and return once it is serving.
+
+        On the secured fabric every node needs the token issuer (the sentinel for
+        its keys, the others for tokens): it is started first if nothing serves
+        its port yet.
+        """
         if (running := self.pid(role)) is not None:
             return running
+        if self.secure and role != "issuer" and not self._answers(self.issuer_port):
+            self.start("issuer", timeout)
         process = self.launch(role, module)
         deadline = time.monotonic() + timeout
         while not self.ready_file(role).exists():
@@ -165,6 +230,12 @@ class LocalNodes:
                 )
             time.sleep(0.05)
         return process.pid
+
+    def _answers(self, port: int) -> bool:
+        """Whether something accepts connections on *port* where this object reaches it."""
+        with socket.socket() as probe:
+            probe.settimeout(2.0)
+            return probe.connect_ex((self._reach(), port)) == 0
 
     def serving(self, role: str) -> bool:
         """Whether *role* says it is serving now: its ready file is fresh.
@@ -220,19 +291,25 @@ class LocalNodes:
         """SIGKILL *role*: a crash, for the fault tests."""
         return self.stop(role, timeout=0, sig=signal.SIGKILL)
 
+    def roles(self) -> tuple[str, ...]:
+        """The processes of the local fabric, in start order (no issuer when unsecured)."""
+        return tuple(MODULES) if self.secure else STORAGE_ROLES
+
     def start_all(self) -> None:
-        """Start both; if the agent fails, stop the sentinel this call started."""
-        started_sentinel = self.pid("sentinel") is None
-        self.start("sentinel")
+        """Start every role; if one fails, stop those this call started."""
+        started: list[str] = []
         try:
-            self.start("agent")
+            for role in self.roles():
+                if self.pid(role) is None:
+                    started.append(role)
+                self.start(role)
         except BaseException:
-            if started_sentinel:
-                self.stop("sentinel")
+            for role in reversed(started):
+                self.stop(role)
             raise
 
     def stop_all(self) -> list[str]:
-        return [role for role in ("agent", "sentinel") if self.stop(role)]
+        return [role for role in reversed(MODULES) if self.stop(role)]
 
     def client_command(self, verbose: bool = False) -> tuple[list[str], dict[str, str]]:
         env = self.env("client")

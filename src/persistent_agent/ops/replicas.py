@@ -23,6 +23,7 @@ from typing import Any
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.keys.custody import POSTGRES_DSN_VAR, POSTGRES_PASSWORD_FILE_VAR
 from persistent_agent.node.serving import READY_FILE_VAR
+from persistent_agent.ops import access
 from persistent_agent.ops.local_nodes import LocalNodes, free_port
 from persistent_agent.ops.postgres_server import PostgresServer
 
@@ -57,6 +58,8 @@ class LocalReplicas(LocalNodes):
         if role not in self.replicas:
             return super().env(role)
         env = super().env("agent")
+        # Each replica holds a credential of its own (role agent), named as it is.
+        env.update(self.access_env("agent", client_id=role))
         env["FAME_STORAGE_DB_DIRECTORY"] = str((self.data_dir / role).resolve())
         env[READY_FILE_VAR] = str(self.ready_file(role).resolve())
         # Stable across restarts: the sentinel's pool keeps a dead replica's
@@ -73,12 +76,14 @@ class LocalReplicas(LocalNodes):
         return self.start(role, timeout=timeout, module=AGENT_MODULE)
 
     def start_all(self) -> None:
-        self.start("sentinel")
+        for role in self.roles():
+            if role != "agent":
+                self.start(role)
         for role in self.replicas:
             self.start_replica(role)
 
     def stop_all(self) -> list[str]:
-        return [role for role in (*self.replicas, "sentinel") if self.stop(role)]
+        return [role for role in (*self.replicas, "sentinel", "issuer") if self.stop(role)]
 
     def increments(self, calls: int, concurrency: int, by: int = 1) -> subprocess.Popen[str]:
         """A client process running *calls* increments; its last line is a JSON summary."""
@@ -129,9 +134,11 @@ def demo(
         data_dir / DEMO_DIR,
         run_dir / DEMO_DIR,
         port=free_port(),
+        issuer_port=free_port(),
         python=sys.executable,
         replicas=replica_ids(replicas),
     )
+    access.ensure(config_dir, {replica: "agent" for replica in nodes.replicas})
     victim = nodes.replicas[-1]
     # The demo's replicas start afresh, like its database: their directories
     # are the demo's own scratch space (nothing else writes there).
@@ -144,7 +151,10 @@ def demo(
             f"== PostgreSQL on {server.host}:{server.port} (data in {server.data_dir}), "
             f"fresh database {DATABASE}"
         )
-        out(f"== starting the sentinel (127.0.0.1:{nodes.port}) and {', '.join(nodes.replicas)}")
+        out(
+            f"== starting the token issuer, the sentinel (127.0.0.1:{nodes.port}) and "
+            f"{', '.join(nodes.replicas)}"
+        )
         nodes.start_all()
         out(f"== {clients} clients x {calls_per_client} increment(1) calls, "
             f"{concurrency} at a time each")  # fmt: skip
