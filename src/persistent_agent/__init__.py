@@ -47,6 +47,7 @@ are side by side and import neither the other), then the entry points.
   ``ops.config_files``: ``config/.env.*``, the key file and ``make init``;
   ``ops.node_keys``: each node's keys as its config says;
   ``ops.inspection``: verify and inspect; ``ops.backup``: backup and restore;
+  ``ops.access_backup``: config/access sealed into backups;
   ``ops.rotation``: rotate-key;
   ``ops.local_nodes``: the issuer and the nodes as local processes;
   ``ops.access``: make access, rotate-credentials, reissue-certs;

@@ -206,7 +206,10 @@ def labelled(exc: BaseException, url: str) -> PersistentAgentError:
         return ClientCallError(f"{AGENT_ADDR} answered: {exc}")
     if reason := _nack_reason(exc):
         return ClientCallError(f"the sentinel at {url} refused the call to {AGENT_ADDR}: {reason}")
-    return TransportError(f"cannot call {AGENT_ADDR} via {url}: {_brief(exc)}")
+    hint = ""
+    if url.startswith("ws://") and "did not receive a valid HTTP response" in str(exc):
+        hint = " (a sentinel that serves TLS only answers ws:// so: use wss://, docs/security.md)"
+    return TransportError(f"cannot call {AGENT_ADDR} via {url}: {_brief(exc)}{hint}")
 
 
 async def run(

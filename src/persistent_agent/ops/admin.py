@@ -277,6 +277,8 @@ def _restore(args: argparse.Namespace) -> int:
     if finishing:
         aside += " (finished the restore that was interrupted)"
     print(f"restore: {result.restored} databases restored from {args.backup}{aside}")
+    if result.access:
+        print(f"restore: {result.access}")
     return 0
 
 

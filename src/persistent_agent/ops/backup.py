@@ -9,6 +9,11 @@ is what restore asks for. rotate-key re-wraps the keyrings of the backups
 under backups/, so those restore with the current key. A restore verifies all
 of that first. Backups made before keyrings (format 1) restore with the key
 that made them.
+
+The fabric's access material (config/access: the CA, the issuer's signing
+key, the credentials) goes in sealed, as ``access.sealed``
+(ops/access_backup.py), under the same master key; restore puts it back only
+where config/access is missing. Backups without it are still valid.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +42,9 @@ from persistent_agent.errors import (
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.keyring import Keyring, derived_key
 from persistent_agent.keys.secret_files import sync_directory, sync_file, write_private
-from persistent_agent.ops import shared_tools
+from persistent_agent.ops import access_backup, shared_tools
 from persistent_agent.ops.inspection import NodeDatabase, node_databases
+from persistent_agent.ops.local_nodes import access_dir
 from persistent_agent.ops.node_keys import source_of
 from persistent_agent.storage import database, lock
 from persistent_agent.storage.data_keys import NodeKeys
@@ -63,6 +69,7 @@ FORMATS = (1, 2)
 class RestoreResult:
     restored: int
     set_aside: Path | None  # where replaced data went (restore --force)
+    access: str | None = None  # a line on config/access: restored, or kept though it differs
 
 
 def _stamp() -> str:
@@ -90,7 +97,7 @@ def backup(config_dir: Path, data_dir: Path, backups_dir: Path) -> Path:
     partial = _backups_root(backups_dir) / f".{stamp}.partial"
     _private_dir(partial)
     try:
-        _write_backup(sources, partial)
+        _write_backup(sources, partial, access_dir(config_dir))
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -99,7 +106,7 @@ def backup(config_dir: Path, data_dir: Path, backups_dir: Path) -> Path:
     return dest
 
 
-def _write_backup(sources: list[NodeDatabase], dest: Path) -> None:
+def _write_backup(sources: list[NodeDatabase], dest: Path, access: Path) -> None:
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
@@ -141,6 +148,11 @@ def _write_backup(sources: list[NodeDatabase], dest: Path) -> None:
                 "sha256": _sha256(target),
             }
         )
+    if access.is_dir():
+        # Sealed under the nodes' key (rotate-key keeps both nodes on one key).
+        wrapper = min(sources, key=lambda db: db.role).keys.source.wrapper
+        sealed = access_backup.seal(access, dest / access_backup.SEALED_FILE, wrapper)
+        manifest["access"] = sealed.to_json()
     write_private(dest / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
@@ -149,10 +161,14 @@ def verify_backup(backup_dir: Path, config_dir: Path) -> list[NodeDatabase]:
     try:
         return _verify_backup(backup_dir, config_dir)
     except (KeyError, TypeError, AttributeError) as exc:
-        raise BackupError(
-            f"{backup_dir / MANIFEST} is malformed (bad or missing {exc}); "
-            "it was not written by backup, or was edited"
-        ) from None
+        raise _malformed(backup_dir, exc) from None
+
+
+def _malformed(backup_dir: Path, exc: Exception) -> BackupError:
+    return BackupError(
+        f"{backup_dir / MANIFEST} is malformed (bad or missing {exc}); "
+        "it was not written by backup, or was edited"
+    )
 
 
 def _verify_backup(backup_dir: Path, config_dir: Path) -> list[NodeDatabase]:
@@ -186,21 +202,63 @@ def _verify_backup(backup_dir: Path, config_dir: Path) -> list[NodeDatabase]:
             db = NodeDatabase(role, path, keys)
             database.confirm(path, db.key, int(entry["rows"]))
             checked.append(db)
+    if "access" in manifest:
+        _unseal_access(backup_dir, config_dir, manifest)
     return checked
 
 
-def rewrap(backup_dir: Path, old: KeySource, new: KeySource) -> bool:
-    """Re-wrap a backup's keyrings from *old* to *new* (rotate-key); False if *old* did not
-    make it. A backup from before keyrings gets one, built from its derived keys.
+def _unseal_access(
+    backup_dir: Path, config_dir: Path, manifest: dict[str, Any]
+) -> dict[str, bytes]:
+    """The files of the backup's config/access, checked against the manifest's checksum."""
+    entry = manifest["access"]
+    path = backup_dir / access_backup.SEALED_FILE
+    if _sha256_or_none(path) != entry["sha256"]:
+        raise BackupError(f"{path} is missing or does not match its checksum")
+    fingerprint = entry["key_fingerprint"]
+    sources = [source_of(config_dir, role) for role in manifest["nodes"]]
+    wrapper = next((s.wrapper for s in sources if s.wrapper.fingerprint == fingerprint), None)
+    if wrapper is None:
+        configured = ", ".join(sorted({s.wrapper.fingerprint for s in sources})) or "none"
+        raise BackupError(
+            f"{backup_dir} needs the master key with fingerprint {fingerprint} for its "
+            f"config/access ({path}); the configured key is {configured}. "
+            "Configure that key to restore it"
+        )
+    return access_backup.unseal(path, wrapper)
 
-    Each keyring is replaced atomically, then the manifest; a rerun after a
-    kill in between finds the keyring already under *new* and finishes.
+
+def _restore_access(backup_dir: Path, config_dir: Path) -> str | None:
+    """Put the backup's config/access back if config/access is missing; the line to show."""
+    try:
+        manifest = json.loads((backup_dir / MANIFEST).read_text())
+        if "access" not in manifest:
+            return None  # a backup from before the fabric was secured
+        files = _unseal_access(backup_dir, config_dir, manifest)
+    except ValueError:
+        raise BackupError(f"{backup_dir} has no readable {MANIFEST}") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise _malformed(backup_dir, exc) from None
+    sealed = backup_dir / access_backup.SEALED_FILE
+    return access_backup.put_back(files, access_dir(config_dir), source=sealed)
+
+
+def rewrap(backup_dir: Path, old: KeySource, new: KeySource) -> bool:
+    """Re-wrap a backup's keyrings and access.sealed from *old* to *new* (rotate-key); False
+    if *old* did not make it. A backup from before keyrings gets one, built from its
+    derived keys.
+
+    access.sealed and each keyring are replaced atomically, then the manifest; a
+    rerun after a kill in between finds them already under *new* and finishes.
     """
     path = backup_dir / MANIFEST
     try:
         manifest = json.loads(path.read_text())
         nodes = manifest["nodes"]
         fingerprints = {node["key_fingerprint"] for node in nodes.values()}
+        access = manifest.get("access")
+        if access is not None:
+            fingerprints.add(access["key_fingerprint"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise BackupError(f"{path} is unreadable or malformed") from None
     moved = new is not old
@@ -208,6 +266,11 @@ def rewrap(backup_dir: Path, old: KeySource, new: KeySource) -> bool:
         return True
     if fingerprints - {old.wrapper.fingerprint, new.wrapper.fingerprint}:
         return False
+    if access is not None:  # first: a damaged access.sealed stops it before any keyring moves
+        sealed = backup_dir / access_backup.SEALED_FILE
+        access_backup.rewrap(sealed, old.wrapper, new.wrapper)
+        access["key_fingerprint"] = new.wrapper.fingerprint
+        access["sha256"] = _sha256(sealed)
     for role, node in nodes.items():
         keyring_path = backup_dir / role / KEYRING_FILE
         keyring = Keyring.load(keyring_path)
@@ -240,6 +303,9 @@ def restore(
 ) -> RestoreResult:
     """Put a verified backup in place of data/, all or nothing; replaced data is set aside.
 
+    The backup's config/access is put back only where config/access is missing
+    (a fresh machine); an existing one is never overwritten (``access`` says so).
+
     Holds both nodes' data-directory locks throughout, and those of the new
     directories, which move in with them, so no node runs meanwhile. A restore
     that was interrupted is finished by running it again with the same backup.
@@ -250,7 +316,8 @@ def restore(
             record = _unfinished(journal, backup_dir)
             staging = data_dir / record["staging"]
             with _locked([*node_data_dirs(data_dir), *(staging / r for r in NODE_ROLES)]):
-                return _finish(record, data_dir)
+                access = _restore_access(backup_dir, config_dir)
+                return replace(_finish(record, data_dir), access=access)
         with lock.holding(node_data_dirs(data_dir), "restore"):
             files = verify_backup(backup_dir, config_dir)
             existing = all_databases(data_dir)
@@ -259,7 +326,11 @@ def restore(
                     f"{data_dir} already holds {len(existing)} databases; "
                     "restore --force replaces them (they are kept under backups/)"
                 )
-            return _restore(backup_dir.resolve(), files, data_dir, _backups_root(backups_dir))
+            # config/access first: putting it back where it is missing is harmless even if
+            # the data swap then stops, and a rerun finds it done.
+            access = _restore_access(backup_dir, config_dir)
+            restored = _restore(backup_dir.resolve(), files, data_dir, _backups_root(backups_dir))
+            return replace(restored, access=access)
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         then = f"; {unfinished_restore(journal)}" if journal.is_file() else ""
