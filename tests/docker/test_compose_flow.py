@@ -186,9 +186,10 @@ def test_run_with_nothing_started_says_so_at_once(project: Path) -> None:
     failed = make(project, "run", check=False)
     assert failed.returncode != 0
     errors = [line for line in failed.stderr.splitlines() if line.startswith("client:")]
+    # The client asks the token issuer first: that is what cannot be found.
     assert errors == [
-        "client: error: nothing is running at wss://sentinel:8000/fame/v1/attach/ws/downstream "
-        "(unknown host); start it with `make start`"
+        "client: error: nothing is running at https://issuer:8443 (unknown host); "
+        "start it with `make start`"
     ]
 
 
