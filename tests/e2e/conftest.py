@@ -17,7 +17,7 @@ from typing import IO, Any
 import pytest
 
 from persistent_agent.access.authorizer import node_id_prefix
-from persistent_agent.access.fabric import DEFAULT_AUDIENCE
+from persistent_agent.access.fabric import DEFAULT_AUDIENCE, pinned_roots
 from persistent_agent.ops.local_nodes import LocalNodes, access_dir, free_port
 
 __all__ = ["free_port"]  # the tests' one source of free ports, re-exported
@@ -88,16 +88,41 @@ def client_token(nodes: LocalNodes, client_id: str = "client") -> str:
         return str(json.load(response)["access_token"])
 
 
-def attach_socket(nodes: LocalNodes, **options: Any) -> Any:
-    """A raw websocket to the sentinel's attach endpoint, admitted as a client would be
-    (TLS with the project CA, the client credential's token, a node id tied to it)."""
+def attach_socket(
+    nodes: LocalNodes, token: str | None = None, system_id: str | None = None, **options: Any
+) -> Any:
+    """A raw websocket to the sentinel's attach endpoint over TLS with the project CA,
+    presenting *token* ("" for none; default: the client credential's, from the issuer)
+    under *system_id* (default: a node id tied to the client credential)."""
     from websockets.sync.client import connect
 
-    system_id = f"{node_id_prefix('client')}probe-{os.getpid()}"
+    token = client_token(nodes) if token is None else token
+    system_id = system_id or f"{node_id_prefix('client')}probe-{os.getpid()}"
     return connect(
         f"{nodes.admission_url()}/{system_id}",
         ssl=ca_context(nodes),
-        subprotocols=["bearer", client_token(nodes)],  # type: ignore[list-item]
+        subprotocols=["bearer", token] if token else ["bearer"],  # type: ignore[list-item]
         open_timeout=30,
         **options,
     )
+
+
+def settings_only_client_env(nodes: LocalNodes, **more: str) -> dict[str, str]:
+    """The environment of a client that is configured by settings alone (the upstream
+    examples', the TS SDK's): the runtime's `direct` admission with the client credential
+    (those SDKs read the secret from FAME_ADMISSION_CLIENT_SECRET only), the
+    token-subject node id the sentinel requires, and the project CA pinned."""
+    access = access_dir(nodes.config_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAME_", "PERSISTENT_"))}
+    env.update(
+        FAME_DIRECT_ADMISSION_URL=nodes.admission_url(),
+        FAME_ADMISSION_PROFILE="direct",
+        FAME_ADMISSION_TOKEN_URL=f"{nodes.issuer_url()}/oauth/token",
+        FAME_ADMISSION_CLIENT_ID="client",
+        FAME_ADMISSION_CLIENT_SECRET=(access / "client.secret").read_text().strip(),
+        FAME_JWT_AUDIENCE=DEFAULT_AUDIENCE,
+        FAME_NODE_IDENTITY_PROFILE="token-subject",
+        **pinned_roots(access / "ca.crt"),
+        **more,
+    )
+    return env

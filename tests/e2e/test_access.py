@@ -33,7 +33,13 @@ from persistent_agent.ops import access
 from persistent_agent.ops.local_nodes import LocalNodes, access_dir
 
 from ..conftest import REPO, wait_until
-from .conftest import run_client, stored_value
+from .conftest import (
+    attach_socket,
+    ca_context,
+    run_client,
+    settings_only_client_env,
+    stored_value,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -48,10 +54,6 @@ def up(nodes: LocalNodes) -> Iterator[LocalNodes]:
     yield nodes
 
 
-def _ssl(nodes: LocalNodes) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=access_dir(nodes.config_dir) / "ca.crt")
-
-
 def _log(nodes: LocalNodes, role: str) -> str:
     return nodes.log_file(role).read_text(errors="replace")
 
@@ -60,7 +62,7 @@ def _issuer_kid(nodes: LocalNodes) -> str:
     import urllib.request
 
     url = f"{nodes.issuer_url()}/.well-known/jwks.json"
-    with urllib.request.urlopen(url, context=_ssl(nodes)) as response:  # noqa: S310 - https
+    with urllib.request.urlopen(url, context=ca_context(nodes)) as response:  # noqa: S310 - https
         return str(json.load(response)["keys"][0]["kid"])
 
 
@@ -98,9 +100,7 @@ def attach(
     from naylence.fame.core import NodeAttachFrame, create_fame_envelope
 
     system_id = system_id or f"{node_id_prefix('client')}{uuid.uuid4().hex[:12]}"
-    url = f"{nodes.admission_url()}/{system_id}"
-    protocols = ["bearer", token] if token else ["bearer"]
-    with connect(url, ssl=_ssl(nodes), subprotocols=protocols, open_timeout=30) as ws:  # type: ignore[arg-type]
+    with attach_socket(nodes, token, system_id) as ws:
         envelope = create_fame_envelope(
             frame=NodeAttachFrame(system_id=system_id, instance_id=uuid.uuid4().hex)
         )
@@ -331,19 +331,7 @@ def test_credentials_never_reach_environment_argv_or_logs(up: LocalNodes) -> Non
 def test_the_upstream_python_client_gets_in_with_settings_only(up: LocalNodes) -> None:
     """The SDK's own CLIENT_CONFIG, unchanged, with the runtime's `direct` admission profile
     and our credential in environment variables (how the upstream example runs)."""
-    directory = access_dir(up.config_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FAME_", "PERSISTENT_"))}
-    env.update(
-        FAME_DIRECT_ADMISSION_URL=up.admission_url(),
-        FAME_ADMISSION_PROFILE="direct",
-        FAME_ADMISSION_TOKEN_URL=f"{up.issuer_url()}/oauth/token",
-        FAME_ADMISSION_CLIENT_ID="client",
-        FAME_ADMISSION_CLIENT_SECRET=(directory / "client.secret").read_text().strip(),
-        FAME_JWT_AUDIENCE=fabric.DEFAULT_AUDIENCE,
-        FAME_NODE_IDENTITY_PROFILE="token-subject",
-        FAME_LOG_LEVEL="critical",
-        **fabric.pinned_roots(directory / "ca.crt"),
-    )
+    env = settings_only_client_env(up, FAME_LOG_LEVEL="critical")
     result = subprocess.run(
         [sys.executable, "-m", "tests.e2e.upstream_client"],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False,

@@ -19,11 +19,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from persistent_agent.access.fabric import DEFAULT_AUDIENCE, pinned_roots
-from persistent_agent.ops.local_nodes import ATTACH_PATH, LocalNodes, access_dir
+from persistent_agent.ops.local_nodes import ATTACH_PATH, LocalNodes
 
 from ..conftest import REPO, wait_until
-from .conftest import free_port, run_client, stored_value
+from .conftest import free_port, run_client, settings_only_client_env, stored_value
 
 pytestmark = pytest.mark.e2e
 
@@ -78,18 +77,7 @@ def ts_client_env(nodes: LocalNodes) -> dict[str, str]:
     from FAME_ADMISSION_CLIENT_SECRET only), the token-subject node id the sentinel
     requires, and the project CA pinned (Node's --use-openssl-ca makes it read
     SSL_CERT_FILE / SSL_CERT_DIR, in place of its bundled roots)."""
-    access = access_dir(nodes.config_dir)
-    return _ts_env(
-        FAME_DIRECT_ADMISSION_URL=nodes.admission_url(),
-        FAME_ADMISSION_PROFILE="direct",
-        FAME_ADMISSION_TOKEN_URL=f"{nodes.issuer_url()}/oauth/token",
-        FAME_ADMISSION_CLIENT_ID="client",
-        FAME_ADMISSION_CLIENT_SECRET=(access / "client.secret").read_text().strip(),
-        FAME_JWT_AUDIENCE=DEFAULT_AUDIENCE,
-        FAME_NODE_IDENTITY_PROFILE="token-subject",
-        NODE_OPTIONS="--use-openssl-ca",
-        **pinned_roots(access / "ca.crt"),
-    )
+    return settings_only_client_env(nodes, NODE_OPTIONS="--use-openssl-ca")
 
 
 def _ts_client(ts: Path, nodes: LocalNodes) -> list[str]:

@@ -33,7 +33,6 @@ from persistent_agent.keys.secret_files import read_private, write_private
 ROLES = ("agent", "client", "sentinel")
 REGISTRY = "clients.json"
 VERSION = 1
-_CLIENT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # Compared against when the id is unknown, so that an unknown id takes as long as a known one.
 _NO_HASH = hashlib.sha256(b"").hexdigest()
 
@@ -72,7 +71,7 @@ def secret_path(access_dir: Path, client_id: str) -> Path:
 
 def valid_client_id(client_id: str) -> bool:
     """Whether *client_id* has the form every client id has."""
-    return _CLIENT_ID.fullmatch(client_id) is not None
+    return pki.NAME_FORM.fullmatch(client_id) is not None
 
 
 def check_client_id(client_id: str) -> None:

@@ -58,7 +58,8 @@ def secure() -> bool:
     return value == "on"
 
 
-def _loopback(host: str) -> bool:
+def loopback(host: str) -> bool:
+    """Whether *host* (a name or an address) is this machine's loopback."""
     if host == "localhost":
         return True
     try:
@@ -69,7 +70,7 @@ def _loopback(host: str) -> bool:
 
 def check_insecure_host(host: str, what: str) -> None:
     """With security off, refuse *host* unless it is loopback."""
-    if not secure() and not _loopback(host):
+    if not secure() and not loopback(host):
         raise ConfigError(
             f"{SECURITY_VAR}=off but {what} is {host}, not loopback; the unsecured "
             "fabric is for loopback only (see docs/security.md)"

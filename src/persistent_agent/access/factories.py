@@ -15,7 +15,7 @@ Both are registered through the runtime's factory entry points (pyproject.toml):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from naylence.fame.security.auth.authorizer import Authorizer
 from naylence.fame.security.auth.authorizer_factory import AuthorizerConfig, AuthorizerFactory
@@ -24,11 +24,19 @@ from naylence.fame.security.credential.credential_provider_factory import (
     CredentialProviderConfig,
     CredentialProviderFactory,
 )
+from pydantic import BaseModel
 
 from persistent_agent.access.authorizer import AUTHORIZER_TYPE, RoleAuthorizer
 from persistent_agent.keys.secret_files import read_private
 
 CREDENTIAL_PROVIDER_TYPE = "FileCredentialProvider"
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def _validated(model: type[ConfigT], config: BaseModel | dict[str, Any] | None) -> ConfigT:
+    """*config* (the runtime's base config, or a dict) as our *model*, extra fields kept."""
+    data = config.model_dump() if isinstance(config, BaseModel) else config or {}
+    return model.model_validate(data)
 
 
 class RoleAuthorizerConfig(AuthorizerConfig):
@@ -43,9 +51,7 @@ class RoleAuthorizerFactory(AuthorizerFactory[RoleAuthorizerConfig]):
     async def create(
         self, config: RoleAuthorizerConfig | dict[str, Any] | None = None, **kwargs: Any
     ) -> Authorizer:
-        settings = RoleAuthorizerConfig.model_validate(
-            config.model_dump() if isinstance(config, AuthorizerConfig) else config or {}
-        )
+        settings = _validated(RoleAuthorizerConfig, config)
         authorizer: Authorizer = RoleAuthorizer(
             issuer=settings.issuer,
             audience=settings.audience,
@@ -77,7 +83,5 @@ class FileCredentialProviderFactory(CredentialProviderFactory[FileCredentialProv
     async def create(
         self, config: FileCredentialProviderConfig | dict[str, Any] | None = None, **kwargs: Any
     ) -> CredentialProvider:
-        settings = FileCredentialProviderConfig.model_validate(
-            config.model_dump() if isinstance(config, CredentialProviderConfig) else config or {}
-        )
+        settings = _validated(FileCredentialProviderConfig, config)
         return FileCredentialProvider(Path(settings.path), settings.setting)

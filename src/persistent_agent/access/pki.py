@@ -37,7 +37,8 @@ RENEW_BEFORE = timedelta(days=30)
 # Certificates start a little in the past: a peer whose clock lags still accepts them.
 BACKDATE = timedelta(minutes=5)
 FIX = "run `make access`"
-_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# A server name or a client id: a file name and a DNS label (or JWT subject) as it is.
+NAME_FORM = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DNS = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
 
@@ -207,7 +208,7 @@ def _load_ca(access_dir: Path) -> _CA:
 
 def check_server_name(name: str) -> None:
     """Refuse a name that could not be a file name and a DNS label as it is."""
-    if not _NAME.fullmatch(name):
+    if not NAME_FORM.fullmatch(name):
         raise ConfigError(
             f"server name {name!r} is not usable: use lower-case letters, digits and '-' "
             "(at most 63, starting with a letter or digit)"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from naylence.fame.connector.connector_config import ConnectorConfig
 from naylence.fame.connector.connector_factory import ConnectorFactory
@@ -165,9 +165,22 @@ async def _authorizer(config: HttpListenerConfig | WebSocketListenerConfig) -> A
     return await create_resource(AuthorizerFactory, config.authorizer)
 
 
-def _tls(config: Any) -> tuple[str, str] | None:
-    cert, key = config.tls_cert_file, config.tls_key_file
-    return (cert, key) if cert and key else None
+ListenerConfigT = TypeVar(
+    "ListenerConfigT", "BoundedHttpListenerConfig", "BoundedWebSocketListenerConfig"
+)
+
+
+async def _server(
+    model: type[ListenerConfigT], config: Any
+) -> tuple[ListenerConfigT, BoundedHttpServer]:
+    """*config* (the runtime's listener config, or a dict) as *model*, and the shared
+    server on its address, serving TLS when it names a certificate and key."""
+    settings = model.model_validate(
+        config.model_dump() if hasattr(config, "model_dump") else config or {}
+    )
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    tls = (cert, key) if cert and key else None
+    return settings, await BoundedHttpServer.shared(settings.host, settings.port, tls)
 
 
 class BoundedHttpListenerConfig(HttpListenerConfig):
@@ -186,10 +199,7 @@ class BoundedHttpListenerFactory(TransportListenerFactory):
     ) -> TransportListener:
         from naylence.fame.connector.http_listener import HttpListener
 
-        settings = BoundedHttpListenerConfig.model_validate(
-            config.model_dump() if isinstance(config, HttpListenerConfig) else config or {}
-        )
-        server = await BoundedHttpServer.shared(settings.host, settings.port, _tls(settings))
+        settings, server = await _server(BoundedHttpListenerConfig, config)
         return HttpListener(http_server=server, authorizer=await _authorizer(settings), **kwargs)
 
 
@@ -285,10 +295,7 @@ class BoundedWebSocketListenerFactory(TransportListenerFactory):
     async def create(
         self, config: WebSocketListenerConfig | dict[str, Any] | None = None, **kwargs: Any
     ) -> TransportListener:
-        settings = BoundedWebSocketListenerConfig.model_validate(
-            config.model_dump() if isinstance(config, WebSocketListenerConfig) else config or {}
-        )
-        server = await BoundedHttpServer.shared(settings.host, settings.port, _tls(settings))
+        settings, server = await _server(BoundedWebSocketListenerConfig, config)
         # As the runtime's factory: a token verifier passed in is used only if it is one.
         verifier = kwargs.pop("token_verifier", None)
         return GrantingWebSocketListener(

@@ -8,12 +8,11 @@ process that joins the fabric. Nothing here prints a secret.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from persistent_agent.access import credentials, pki
+from persistent_agent.access import credentials, fabric, pki
 from persistent_agent.errors import ConfigError
 from persistent_agent.ops.local_nodes import CLIENT_IDS, LocalNodes, access_dir
 
@@ -29,17 +28,9 @@ WARN_BEFORE = timedelta(days=30)
 def _extra_names() -> list[str]:
     names = [n.strip() for n in os.environ.get(TLS_NAMES_VAR, "").split(",") if n.strip()]
     host = os.environ.get("SENTINEL_HOST", "")
-    with_any = host in ("", "0.0.0.0", "::", "localhost")  # noqa: S104
-    if not with_any and not _is_loopback(host):
+    if host not in ("", "0.0.0.0", "::") and not fabric.loopback(host):  # noqa: S104
         names.append(host)
     return names
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def ensure(config_dir: Path, clients: dict[str, str] | None = None) -> str:
