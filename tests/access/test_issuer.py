@@ -23,8 +23,9 @@ from typing import Any
 import jwt
 import pytest
 
-from persistent_agent.access import credentials
+from persistent_agent.access import credentials, handshakes
 from persistent_agent.access.credentials import ensure_access, ensure_client, rotate
+from persistent_agent.access.issuer import NAME
 
 from ..conftest import REPO, wait_until
 
@@ -246,6 +247,37 @@ def test_a_client_trusting_only_system_roots_refuses_the_issuer(issuer: Issuer) 
         issuer.request("/health", context=system_only)
     assert isinstance(caught.value.reason, ssl.SSLCertVerificationError)
     assert "certificate verify failed" in str(caught.value.reason)
+
+
+def test_plain_http_and_an_untrusting_client_are_one_log_line_each(issuer: Issuer) -> None:
+    """A refused handshake is logged by the issuer: asyncio alone would say nothing."""
+    plain = issuer.url.replace("https://", "http://") + "/health"
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(plain, timeout=30)  # noqa: S310 - the point: not https
+    wait_until(lambda: handshakes.PLAINTEXT in issuer.log.read_text(), "the plaintext line")
+    line = [each for each in issuer.log.read_text().splitlines() if handshakes.PLAINTEXT in each]
+    assert len(line) == 1 and line[0].endswith(f"WARNING {NAME}: {handshakes.PLAINTEXT}")
+    assert "GET" not in issuer.log.read_text()  # what the client sent is never logged
+    with pytest.raises(urllib.error.URLError):
+        issuer.request("/health", context=ssl.create_default_context())
+    untrusted = "refused a TLS handshake: alert unknown ca (the client does not trust the CA"
+    wait_until(lambda: untrusted in issuer.log.read_text(), "the unknown-CA line")
+
+
+def test_refused_handshake_lines_are_rate_limited() -> None:
+    """A flood of bad handshakes: *limit* lines per window, then one line counting the rest."""
+    lines: list[str] = []
+    now = [0.0]
+    log = handshakes.RefusalLog(lines.append, limit=3, window=10.0, clock=lambda: now[0])
+    for _ in range(5):
+        log("refused")
+    assert lines == ["refused"] * 3
+    now[0] = 10.0
+    log("refused")
+    assert lines[3:] == [
+        "... and 2 more refused TLS handshakes (not logged one by one)",
+        "refused",
+    ]
 
 
 def test_the_log_holds_no_secret_and_no_token(access: Path) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import psutil
@@ -301,3 +302,100 @@ def test_the_secured_flow_holds_no_secret_in_sight_and_publishes_the_sentinel_on
     tls = _attach_failure(f"wss://127.0.0.1:{port}{path}", project / "config/access/ca.crt")
     assert isinstance(tls, InvalidStatus), repr(tls)
     assert tls.response.status_code in (401, 403)
+
+
+# Asks the issuer for a token once per stdin line "<client id> <secret>" and prints
+# only each answer's HTTP status: the secrets travel on stdin, never in argv or env.
+_ISSUER_PROBE = """
+import ssl, sys, urllib.error, urllib.parse, urllib.request
+tls = ssl.create_default_context(cafile="/tmp/ca.crt")
+for line in sys.stdin.read().splitlines():
+    client_id, secret = line.split(" ", 1)
+    body = urllib.parse.urlencode({"grant_type": "client_credentials",
+        "client_id": client_id, "client_secret": secret}).encode()
+    try:
+        status = urllib.request.urlopen(
+            "https://issuer:8443/oauth/token", body, context=tls, timeout=30).status
+    except urllib.error.HTTPError as refused:
+        status = refused.code
+    print(status)
+"""
+
+
+def _token_statuses(project: Path, attempts: list[tuple[str, str]]) -> list[int]:
+    """The issuer's HTTP status for each (client id, secret), asked from inside the
+    compose network (the issuer publishes no port), trusting the project CA only."""
+    issuer = container("issuer")
+    [network] = docker(
+        "inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}", issuer
+    ).split()
+    ca = project / "config/access/ca.crt"
+    command = ["docker", "run", "--rm", "-i", "--network", network]
+    command += ["--user", compose_env()["UID_GID"], "-v", f"{ca}:/tmp/ca.crt:ro"]
+    command += [env()["IMAGE"], "python", "-c", _ISSUER_PROBE]
+    answer = subprocess.run(
+        command,
+        input="".join(f"{cid} {secret}\n" for cid, secret in attempts),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    return [int(line) for line in answer.stdout.split()]
+
+
+def _started_at(service: str) -> tuple[str, str]:
+    """The id of *service*'s running container and when that container last started."""
+    cid = container(service)
+    return cid, docker("inspect", "-f", "{{.State.StartedAt}}", cid)
+
+
+def test_rotate_credentials_in_compose_restarts_the_holder_and_refuses_the_old_secret(
+    project: Path,
+) -> None:
+    """start and run; rotate the agent's credential: its container restarts, its secret
+    file changes and the next run reads the stored value; rotate the client's: the next
+    run works with the new secret; the issuer refuses the old secrets (401) and grants
+    the new ones (200); no secret, old or new, shows in make's output or the logs."""
+    outputs = [make(project, "start")]
+    outputs.append(make(project, "run"))
+    first = client_lines(outputs[-1])
+    assert first[0] == "Previous state: null"
+    assert re.fullmatch(r'Updated state: \{"value":"\d{13}"\}', first[1])
+
+    access = project / "config" / "access"
+    old = {
+        cid: (access / f"{cid}.secret").read_text().strip()
+        for cid in ("client", "persistent-agent")
+    }
+    agent_before = _started_at("persistent-agent")
+
+    outputs.append(make(project, "rotate-credentials", "CLIENT=persistent-agent"))
+    agent_after = _started_at("persistent-agent")
+    assert agent_after[0] == agent_before[0], "the agent was recreated, not restarted"
+    assert agent_after[1] != agent_before[1], "the agent container was not restarted"
+    # Compared to a bool first: pytest would show both values of a failed `!=`.
+    changed = (access / "persistent-agent.secret").read_text().strip() != old["persistent-agent"]
+    assert changed, "the agent's secret file did not change"
+    outputs.append(make(project, "run"))
+    second = client_lines(outputs[-1])
+    assert second[0] == "Previous state: " + first[1].removeprefix("Updated state: ")
+
+    outputs.append(make(project, "rotate-credentials", "CLIENT=client"))
+    changed = (access / "client.secret").read_text().strip() != old["client"]
+    assert changed, "the client's secret file did not change"
+    outputs.append(make(project, "run"))
+    third = client_lines(outputs[-1])
+    assert third[0] == "Previous state: " + second[1].removeprefix("Updated state: ")
+
+    new = {cid: (access / f"{cid}.secret").read_text().strip() for cid in old}
+    attempts = [(cid, old[cid]) for cid in old] + [(cid, new[cid]) for cid in new]
+    assert _token_statuses(project, attempts) == [401, 401, 200, 200]
+
+    outputs.append(make(project, "logs"))
+    secrets = secret_values(project)
+    assert {"client.secret", "persistent-agent.secret"} <= set(secrets)
+    secrets.update({f"old {cid}.secret": value for cid, value in old.items()})
+    for result in outputs:
+        assert leaked(result.stdout + result.stderr, secrets) == []

@@ -108,6 +108,27 @@ def test_replicas_keep_one_exact_count_through_a_killed_replica(project: Path) -
     assert _increments(project, 1, concurrency=1)["highest"] == total + 1
 
 
+# Run in a replica: the TLS state of every session on the shared database, and
+# what a plaintext login gets. Prints JSON; never a secret.
+_TLS_PROBE = """
+import json, os, psycopg
+dsn = os.environ["FAME_STORAGE_POSTGRES_DSN"]
+password = open(os.environ["FAME_STORAGE_POSTGRES_PASSWORD_FILE"]).read().strip()
+with psycopg.connect(dsn, password=password) as conn:
+    sessions = conn.execute(
+        "SELECT s.ssl, s.version FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
+        " WHERE a.datname = current_database()"
+    ).fetchall()
+plain = psycopg.conninfo.make_conninfo(dsn, sslmode="disable")
+try:
+    psycopg.connect(plain, password=password, connect_timeout=5).close()
+    plaintext = "accepted"
+except psycopg.OperationalError as exc:
+    plaintext = str(exc).splitlines()[0]
+print(json.dumps({"sessions": sessions, "plaintext": plaintext}))
+"""
+
+
 def test_replica_secrets_are_files_and_postgres_is_private(project: Path) -> None:
     """No secret (the PostgreSQL password, the master key, a credential, a private
     key) is in `docker inspect` of any container or in a replica's environment;
@@ -134,6 +155,11 @@ def test_replica_secrets_are_files_and_postgres_is_private(project: Path) -> Non
         assert leaked(environ, secrets) == []
         mounted = set(docker("exec", cid, "ls", "/run/secrets").split())
         assert mounted == {"master_key", "postgres_password", "ca_cert", f"replica_{n}_secret"}
+
+    # Every session on the shared database is TLS 1.3; plaintext is rejected.
+    seen = json.loads(docker("exec", container(REPLICAS[0]), "python", "-c", _TLS_PROBE))
+    assert seen["sessions"] and set(map(tuple, seen["sessions"])) == {(True, "TLSv1.3")}, seen
+    assert "no encryption" in seen["plaintext"], seen
 
     postgres = container("postgres")
     info = json.loads(docker("inspect", postgres))[0]

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from persistent_agent.access import fabric, pki
+from persistent_agent.access import fabric, handshakes, pki
 from persistent_agent.access.authorizer import node_id_prefix
 from persistent_agent.ops import access
 from persistent_agent.ops.local_nodes import LocalNodes, access_dir
@@ -221,13 +221,21 @@ def test_a_client_may_call_the_agent_only(up: LocalNodes) -> None:
 
 
 def test_plain_websocket_is_refused(up: LocalNodes) -> None:
-    """ws:// to the TLS port: no HTTP upgrade happens, the client fails at once."""
+    """ws:// to the TLS port: no HTTP upgrade happens, the client fails at once, and the
+    sentinel logs the refused handshake in one line."""
+    before = _log(up, "sentinel").count(handshakes.PLAINTEXT)
     argv, env = up.client_command()
     env[fabric.SECURITY_VAR] = "off"
     env[fabric.ADMISSION_URL_VAR] = up.admission_url().replace("wss://", "ws://")
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode != 0
     assert "did not receive a valid HTTP response" in result.stderr.strip().splitlines()[-1]
+
+    def refusals() -> int:
+        return _log(up, "sentinel").count(handshakes.PLAINTEXT) - before
+
+    wait_until(lambda: refusals() > 0, "the sentinel's plaintext line")
+    assert refusals() == 1
     value_unchanged(up)
 
 

@@ -24,7 +24,7 @@ from persistent_agent.errors import LocalNodeError
 from persistent_agent.keys.master_key import generate_master_key, write_key_file
 from persistent_agent.ops import access
 from persistent_agent.ops.local_nodes import access_dir
-from persistent_agent.ops.postgres_server import PostgresServer
+from persistent_agent.ops.postgres_server import PostgresServer, ServerTls
 from persistent_agent.ops.replicas import LocalReplicas, replica_ids, state_version, summary_of
 
 from ..conftest import pg_dump, wait_until
@@ -215,9 +215,15 @@ def test_replicas_on_separate_hosts_reach_postgres_over_the_network(
     """
     addresses = [address for _, address in hosts]
     listen = ",".join(["127.0.0.1", *addresses])
-    for reached in ("sentinel", "issuer"):
-        pki.ensure_server_cert(access_dir(initialised / "config"), reached, addresses)
-    server = PostgresServer(tmp_path / "pg", tmp_path / "pg" / "superuser.password", host=listen)
+    access_files = access_dir(initialised / "config")
+    for reached in ("sentinel", "issuer", "postgres"):
+        pki.ensure_server_cert(access_files, reached, addresses)
+    server = PostgresServer(
+        tmp_path / "pg",
+        tmp_path / "pg" / "superuser.password",
+        ServerTls.in_access_dir(access_files),
+        host=listen,
+    )
     server.start()
     nodes: LocalReplicas | None = None
     try:
@@ -241,13 +247,14 @@ def test_replicas_on_separate_hosts_reach_postgres_over_the_network(
         import psycopg
 
         with psycopg.connect(server.dsn(host="127.0.0.1"), password=server.password()) as conn:
-            peers = {
-                str(row[0])
-                for row in conn.execute(
-                    "SELECT DISTINCT client_addr FROM pg_stat_activity WHERE datname = 'hosts'"
-                )
-            }
+            links = conn.execute(
+                "SELECT DISTINCT a.client_addr, s.ssl, s.version FROM pg_stat_activity a "
+                "JOIN pg_stat_ssl s USING (pid) WHERE a.datname = 'hosts'"
+            ).fetchall()
+        peers = {str(addr) for addr, _, _ in links}
         assert {address.rsplit(".", 1)[0] + ".2" for _, address in hosts} <= peers, peers
+        # ...and over TLS 1.3, every one of them.
+        assert {(ssl, version) for _, ssl, version in links} == {(True, "TLSv1.3")}, links
     finally:
         if nodes is not None:
             nodes.stop_all()

@@ -22,7 +22,6 @@ Relative file paths are taken from the env file's directory.
 from __future__ import annotations
 
 import copy
-import ipaddress
 import json
 import os
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from persistent_agent.access.authorizer import AUTHORIZER_TYPE, REFUSAL_PREFIX, REQUIRED_SCOPE
+from persistent_agent.addresses import loopback
 from persistent_agent.errors import ConfigError, find_cause
 
 SECURITY_VAR = "PERSISTENT_AGENT_FABRIC_SECURITY"
@@ -56,16 +56,6 @@ def secure() -> bool:
     if value not in ("on", "off"):
         raise ConfigError(f"{SECURITY_VAR}={value!r}: use on (the default) or off")
     return value == "on"
-
-
-def loopback(host: str) -> bool:
-    """Whether *host* (a name or an address) is this machine's loopback."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_insecure_host(host: str, what: str) -> None:

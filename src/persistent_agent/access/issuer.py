@@ -19,7 +19,8 @@ takes effect without a restart. Guessing is slowed: after five failed
 authentications within a minute from one client id or one address, that id
 or address is refused (429) until the minute has passed. Neither secrets nor
 tokens are ever logged; uvicorn's own logging is left unconfigured and its
-access log is off.
+access log is off. A refused TLS handshake (``http://`` to this port, a client
+that does not trust the CA) is one line (access/handshakes.py).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from starlette.routing import Route
 
 from persistent_agent.access import pki
 from persistent_agent.access.credentials import REGISTRY, Registry, load_registry, valid_client_id
+from persistent_agent.access.handshakes import log_refused_handshakes
 from persistent_agent.errors import ConfigError, PersistentAgentError, report
 
 NAME = "persistent-agent-issuer"
@@ -503,6 +505,11 @@ def _server(settings: Settings, app: Starlette) -> uvicorn.Server:
         proxy_headers=False,  # the remote address counts failures: no header may forge it
         server_header=False,
     )
+    # Loaded here, not by serve(), to reach the SSLContext it builds: asyncio
+    # would drop a failed handshake (http:// to this port, say) without a word.
+    config.load()
+    if config.ssl is not None:
+        log_refused_handshakes(config.ssl, log)
     return uvicorn.Server(config)
 
 

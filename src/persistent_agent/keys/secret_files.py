@@ -60,6 +60,14 @@ def sync_file(path: Path) -> None:
 
 def read_private(path: Path, setting: str) -> str:
     """The one-line secret in *path* (named by *setting*), refused if others can read it."""
+    secret = read_private_bytes(path, setting).decode(errors="replace").strip()
+    if not secret or "\n" in secret:
+        raise ConfigError(f"{setting}={path} must hold one line, the secret, and nothing else")
+    return secret
+
+
+def read_private_bytes(path: Path, setting: str) -> bytes:
+    """What *path* (named by *setting*) holds, a key or a secret, refused if others can read it."""
     try:
         mode = path.stat().st_mode & 0o777
         if mode & 0o077:
@@ -67,12 +75,8 @@ def read_private(path: Path, setting: str) -> str:
                 f"{setting}={path} is readable by group or others (mode {mode:o}); "
                 "refusing to use it: make it owner-only (chmod 600)"
             )
-        text = path.read_text()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{setting}={path}: no such file") from None
     except OSError as exc:
         raise ConfigError(f"{setting}={path}: cannot read it ({exc.strerror})") from None
-    secret = text.strip()
-    if not secret or "\n" in secret:
-        raise ConfigError(f"{setting}={path} must hold one line, the secret, and nothing else")
-    return secret

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from naylence.fame.connector.connector_config import ConnectorConfig
@@ -29,6 +30,8 @@ from naylence.fame.connector.transport_listener_factory import TransportListener
 from naylence.fame.connector.websocket_connector import WebSocketConnector
 from naylence.fame.connector.websocket_listener import WebSocketListener
 from naylence.fame.connector.websocket_listener_factory import WebSocketListenerConfig
+
+from persistent_agent.access.handshakes import log_refused_handshakes
 
 if TYPE_CHECKING:
     import uvicorn
@@ -55,7 +58,8 @@ def bounded(listener: dict[str, Any]) -> dict[str, Any]:
 
 class BoundedHttpServer(HttpServer):
     """FastAPI on uvicorn as the runtime's ``DefaultHttpServer`` runs it, shared per
-    address, with websocket messages limited to :func:`max_frame_bytes`."""
+    address, with websocket messages limited to :func:`max_frame_bytes`, and each
+    refused TLS handshake logged in one line (access/handshakes.py)."""
 
     _shared: ClassVar[dict[tuple[str, int], BoundedHttpServer]] = {}
 
@@ -112,6 +116,11 @@ class BoundedHttpServer(HttpServer):
             ssl_certfile=self._tls[0] if self._tls else None,
             ssl_keyfile=self._tls[1] if self._tls else None,
         )
+        # Loaded here, not by serve(), to reach the SSLContext it builds: asyncio
+        # would drop a failed handshake (ws:// to this port, say) without a word.
+        config.load()
+        if config.ssl is not None:
+            log_refused_handshakes(config.ssl, logging.getLogger(__name__))
         self._server = server = uvicorn.Server(config)
         self._task = task = asyncio.create_task(server.serve())
         while not server.started:  # uvicorn says when it listens only by this flag

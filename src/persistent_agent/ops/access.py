@@ -12,13 +12,14 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from persistent_agent.access import credentials, fabric, pki
+from persistent_agent.access import credentials, pki
+from persistent_agent.addresses import loopback
 from persistent_agent.errors import ConfigError
 from persistent_agent.ops.local_nodes import CLIENT_IDS, LocalNodes, access_dir
 
 # One credential per process, with its role; replicas add theirs (ops/replicas.py).
 CLIENTS = {CLIENT_IDS["agent"]: "agent", CLIENT_IDS["client"]: "client", "sentinel": "sentinel"}
-SERVERS = ("sentinel", "issuer")
+SERVERS = ("sentinel", "issuer", "postgres")
 # Names the servers are reached by besides localhost, loopback and their compose
 # service names: the user's SENTINEL_HOST, and any listed in PERSISTENT_AGENT_TLS_NAMES.
 TLS_NAMES_VAR = "PERSISTENT_AGENT_TLS_NAMES"
@@ -28,7 +29,7 @@ WARN_BEFORE = timedelta(days=30)
 def _extra_names() -> list[str]:
     names = [n.strip() for n in os.environ.get(TLS_NAMES_VAR, "").split(",") if n.strip()]
     host = os.environ.get("SENTINEL_HOST", "")
-    if host not in ("", "0.0.0.0", "::") and not fabric.loopback(host):  # noqa: S104
+    if host not in ("", "0.0.0.0", "::") and not loopback(host):  # noqa: S104
         names.append(host)
     return names
 

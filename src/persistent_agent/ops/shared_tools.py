@@ -49,6 +49,7 @@ from persistent_agent.storage.shared_state import (
     REPLICAS_LOCK,
     Row,
     SharedState,
+    check_tls,
     describe,
     keyring_ad,
     rewrap_keys,
@@ -86,6 +87,7 @@ def shared_config(config_dir: Path) -> SharedConfig | None:
     )
     if not dsn:
         return None
+    check_tls(dsn)
     password_file = os.environ.get(POSTGRES_PASSWORD_FILE_VAR) or values.get(
         POSTGRES_PASSWORD_FILE_VAR
     )

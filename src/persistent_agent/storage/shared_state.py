@@ -37,6 +37,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -50,7 +51,9 @@ from naylence.fame.util.logging import getLogger
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
+from persistent_agent.addresses import loopback
 from persistent_agent.errors import (
+    ConfigError,
     SharedRowError,
     SharedStateError,
     SharedStateUnavailableError,
@@ -109,6 +112,44 @@ def describe(dsn: str) -> str:
         return "the PostgreSQL server in FAME_STORAGE_POSTGRES_DSN"
     host, port, dbname = info.get("host", "localhost"), info.get("port", "5432"), info.get("dbname")
     return f"PostgreSQL at {host}:{port}" + (f" (database {dbname})" if dbname else "")
+
+
+# What a connection to PostgreSQL must ask for once it leaves this machine:
+# TLS, a certificate chain to a CA the DSN names, and the host name checked.
+VERIFIED_SSLMODE = "verify-full"
+
+
+def check_tls(dsn: str) -> None:
+    """Refuse, in one line and before connecting, a DSN that would reach PostgreSQL
+    across a network without verifying the server.
+
+    A host that is not this machine's own needs ``sslmode=verify-full`` and a CA
+    (``sslrootcert=<file>``, or ``system`` for the public roots; the ``PGSSLMODE`` and
+    ``PGSSLROOTCERT`` variables count as well). Loopback and Unix sockets may use
+    any mode: nothing crosses a network there.
+    """
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise ConfigError(
+            "FAME_STORAGE_POSTGRES_DSN is not a valid PostgreSQL connection string"
+        ) from None
+    mode = str(info.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer")
+    if mode == VERIFIED_SSLMODE:
+        if not (info.get("sslrootcert") or os.environ.get("PGSSLROOTCERT")):
+            raise ConfigError(
+                f"FAME_STORAGE_POSTGRES_DSN asks for sslmode={VERIFIED_SSLMODE} but names no "
+                "CA: add sslrootcert=<the CA's certificate file> (or sslrootcert=system)"
+            )
+        return
+    hosts = str(info.get("hostaddr") or info.get("host") or os.environ.get("PGHOST") or "")
+    remote = [h for h in hosts.split(",") if h and not h.startswith("/") and not loopback(h)]
+    if remote:
+        raise ConfigError(
+            f"FAME_STORAGE_POSTGRES_DSN reaches {remote[0]} with sslmode={mode}, which does "
+            f"not verify the server; add sslmode={VERIFIED_SSLMODE} and "
+            "sslrootcert=<the CA's certificate file> (see docs/replicas.md)"
+        )
 
 
 def keyring_ad(name: str, fingerprint: str) -> bytes:
@@ -201,6 +242,7 @@ class SharedState:
         Fails with one line, before writing anything, when the server cannot
         be reached or the master key is not the one the shared keys were made with.
         """
+        check_tls(dsn)
         where = describe(dsn)
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)}
         if password is not None:
