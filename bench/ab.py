@@ -40,8 +40,8 @@ async def client(url: str) -> None:
 
     from persistent_agent import AGENT_ADDR
     from persistent_agent.access.fabric import client_config
+    from persistent_agent.client.caller import use_unique_node_id
     from persistent_agent.node import logs
-    from persistent_agent.node.caller import use_unique_node_id
 
     os.environ.update(
         FAME_DIRECT_ADMISSION_URL=url, FAME_STORAGE_PROFILE="memory", FAME_LOG_LEVEL="critical"

@@ -98,8 +98,8 @@ async def load(url: str, calls: int, concurrency: int) -> None:
 
     from persistent_agent import AGENT_ADDR
     from persistent_agent.access.fabric import client_config
+    from persistent_agent.client.caller import use_unique_node_id
     from persistent_agent.node import logs
-    from persistent_agent.node.caller import use_unique_node_id
     from persistent_agent.node.logs import drop_noop_tracing
 
     os.environ["FAME_DIRECT_ADMISSION_URL"] = url
@@ -107,7 +107,7 @@ async def load(url: str, calls: int, concurrency: int) -> None:
     use_unique_node_id()
     logs.install()  # as persistent-agent-client does: disabled levels cost nothing
     async with FameFabric.create(root_config=client_config()) as fabric:
-        drop_noop_tracing(fabric.node)  # as node.caller does
+        drop_noop_tracing(fabric.node)  # as client.caller does
         call = _agent_call(Agent.remote_by_address(AGENT_ADDR))
         await _first_answer(call)
         for i in range(50):

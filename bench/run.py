@@ -186,7 +186,7 @@ def _nodes(root: Path, profile: str, secure: bool = True) -> Any:
 def client_env(nodes: Any) -> None:
     """This process becomes a client of *nodes*' sentinel (its access settings, memory
     storage, own id); the previous stack's settings go, the pinned CA stays."""
-    from persistent_agent.node.caller import use_unique_node_id
+    from persistent_agent.client.caller import use_unique_node_id
 
     for name in [k for k in os.environ if k.startswith(_CLIENT_SETTINGS)]:
         del os.environ[name]
@@ -248,7 +248,7 @@ async def _rpc_interleaved(
         for name, nodes in stacks.items():
             client_env(nodes)
             fabric = await stack.enter_async_context(FameFabric.create(root_config=client_config()))
-            if name != UPSTREAM:  # our client's side, as node.caller sets it up
+            if name != UPSTREAM:  # our client's side, as client.caller sets it up
                 drop_noop_tracing(fabric.node)
             targets[name] = _agent_call(Agent.remote_by_address(AGENT_ADDR, fabric=fabric))
         for name, (url, ca_file) in relays.items():

@@ -3,13 +3,18 @@ text current, every module named where the architecture is described."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from persistent_agent.ops import admin
+from persistent_agent.ops.local_nodes import free_port
 
-from .conftest import REPO
+from .conftest import REPO, bare_copy
 from .test_makefile import documented_targets
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -41,9 +46,9 @@ def test_every_make_target_is_documented() -> None:
 def test_every_admin_command_has_help_with_an_example_and_a_make_target() -> None:
     """Each persistent-agent-admin subcommand has help, an example and a documented front door."""
     text = _all_docs()
-    for name, (_fn, doc, example) in admin._COMMANDS.items():
-        assert doc, name
-        assert example.startswith("persistent-agent-admin "), name
+    for name, registered in admin._COMMANDS.items():
+        assert registered.doc, name
+        assert registered.example.startswith("persistent-agent-admin "), name
         assert f"make {name}" in text, name
 
 
@@ -82,3 +87,60 @@ def test_the_docs_say_what_integrity_checks_do_not_detect() -> None:
     assert "### What is not detected" in operations
     assert "A damaged WAL frame is discarded, not reported" in operations
     assert "A whole file replaced by an older copy of itself is not detected" in operations
+
+
+FIRST_RUN_MARK = "<!-- first-run:"
+# What differs from one machine and run to the next: the interpreter found, the
+# ports (the test picks free ones), the stored values (milliseconds).
+_VARIABLE = (
+    (re.compile(r"^Using \S+ \(Python [0-9.]+, "), "Using <python> (Python <version>, "),
+    (re.compile(r"127\.0\.0\.1:\d+"), "127.0.0.1:<port>"),
+    (re.compile(r'\{"value":"\d+"\}'), '{"value":"<n>"}'),
+)
+
+
+def _normalised(lines: list[str]) -> list[str]:
+    for pattern, replacement in _VARIABLE:
+        lines = [pattern.sub(replacement, line) for line in lines]
+    return lines
+
+
+def readme_first_run() -> list[str]:
+    """The README's block of what a first `make demo` prints (after its marker comment)."""
+    text = (REPO / "README.md").read_text()
+    after = text[text.index(FIRST_RUN_MARK) :]
+    block = re.search(r"```\n(.*?)```", after, re.DOTALL)
+    assert block is not None
+    return block.group(1).splitlines()
+
+
+def test_the_readme_first_run_block_is_the_demo_s_shape() -> None:
+    """Fast check: install, init, access, then the demo's own lines, in that order."""
+    lines = readme_first_run()
+    assert lines[0].startswith("Using ")
+    assert lines[1].startswith("init: master key generated; wrote config/master.key")
+    assert lines[2].startswith("access: ")
+    assert lines[3].startswith("== starting: token issuer on https://")
+    assert lines[-1].startswith("demo: the value stored before the restart")
+    assert "Previous state: null" in lines
+
+
+@pytest.mark.e2e
+def test_the_readme_shows_what_a_first_make_demo_prints(tmp_path: Path) -> None:
+    """`make demo` in a bare clone (no .venv, no config, no data) prints the README's block,
+    line for line, up to the interpreter, the ports and the stored values."""
+    root = bare_copy(tmp_path / "clone")
+    drop = ("PYTHON", "VENV", "SENTINEL_PORT", "ISSUER_PORT", "PERSISTENT_AGENT_DEBUG")
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("FAME_")}
+    env |= {"SENTINEL_PORT": str(free_port()), "ISSUER_PORT": str(free_port())}
+    result = subprocess.run(
+        ["make", "--no-print-directory", "demo"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _normalised(result.stdout.splitlines()) == _normalised(readme_first_run())

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from persistent_agent.ops.local_nodes import free_port
+
 from .conftest import REPO, bare_copy
 
 # What each documented target must bring along when run in a bare clone:
@@ -195,3 +197,90 @@ def test_restore_force_means_what_it_says() -> None:
     assert planned("FORCE=yes").endswith("--force")
     assert not planned("FORCE=0").endswith("--force")
     assert not planned().endswith("--force")
+
+
+Result = subprocess.CompletedProcess[str]
+
+
+def _make_result(root: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+# The checkout's own venv: what `make install` would build, without building it again.
+HERE_VENV = f"VENV={REPO / '.venv'}"
+
+
+def test_clean_says_in_one_line_what_it_removed(tmp_path: Path) -> None:
+    """No raw `rm -rf` line: one summary naming what existed, and nothing when run again."""
+    root = bare_copy(tmp_path / "clone")
+    for made in ("data/agent", "run"):
+        (root / made).mkdir(parents=True)
+    (root / "config" / "master.key").write_text("not a real key\n")
+    first = _make_result(root, "clean", "COMPOSE=")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "clean: removed data run config/master.key; backups/ and .venv kept\n"
+    assert first.stderr == ""
+    assert not (root / "data").exists()
+    again = _make_result(root, "clean", "COMPOSE=")
+    assert again.stdout == "clean: nothing to remove; backups/ and .venv kept\n"
+
+
+def test_local_status_with_nothing_running_ends_without_makes_error(tmp_path: Path) -> None:
+    """Nothing running is an answer: our one line, exit 0, no `make: *** … Error` line."""
+    root = bare_copy(tmp_path / "clone")
+    result = _make_result(root, "local-status", HERE_VENV)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith("local: nothing running")
+    assert "Error" not in result.stderr
+
+
+def test_local_run_with_nothing_running_names_the_target_that_starts_it(tmp_path: Path) -> None:
+    """Our line says what to do, with `make local-start` quoted whole; make's marker follows.
+
+    A failing recipe always gets GNU make's `make: *** [...] Error N`; the exit
+    status must stay non-zero for scripts, so our line is the one before it.
+    """
+    root = bare_copy(tmp_path / "clone")
+    ports = {"SENTINEL_PORT": str(free_port()), "ISSUER_PORT": str(free_port())}
+    result = _make_result(root, "local-run", HERE_VENV, env=ports)
+    assert result.returncode == 2
+    ours, marker = result.stderr.strip().splitlines()[-2:]
+    assert ours.startswith("client: error: nothing is running at "), result.stderr
+    assert ours.endswith("start it with `make local-start`")
+    # (make[1]: when these tests themselves run under `make test`)
+    assert re.fullmatch(r"make(\[\d+\])?: \*\*\* \[.*local-run\] Error 2", marker), marker
+
+
+def test_an_unsuitable_python_asked_for_stops_install_in_one_line(tmp_path: Path) -> None:
+    """PYTHON that cannot be used: no venv, one line from find_python.sh, not another Python."""
+    root = bare_copy(tmp_path / "clone")
+    result = _make_result(root, "install", "PYTHON=python3.99-nowhere")
+    assert result.returncode != 0
+    assert not (root / ".venv").exists()
+    assert "Using" not in result.stdout
+    assert result.stderr.splitlines()[0].startswith(
+        "error: PYTHON=python3.99-nowhere is not a command found on PATH; "
+    )
+
+
+def test_an_unset_sentinel_port_is_left_to_the_tools(tmp_path: Path) -> None:
+    """The Makefile sets no port itself: unset, demo-replicas may pick a free one."""
+    root = bare_copy(tmp_path / "clone")
+    env = {k: v for k, v in os.environ.items() if k not in ("SENTINEL_PORT", "ISSUER_PORT")}
+    out = subprocess.run(
+        ["make", "-s", "-f", "Makefile", "-f", "-", "print-ports"],
+        input='print-ports:\n\t@echo "[$$SENTINEL_PORT][$$ISSUER_PORT]"\n',
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert out == "[][]"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from persistent_agent.errors import MasterKeyError, PersistentAgentError, find_error
 from persistent_agent.ops import config_files
@@ -40,6 +43,65 @@ def test_find_python_without_one_is_a_single_clear_line(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1
     assert "no Python >= 3.12 found" in result.stderr
+
+
+def _find_python(python: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {"PYTHON": python, "PATH": path or os.environ["PATH"], "HOME": os.environ["HOME"]}
+    return subprocess.run(
+        ["/bin/sh", str(REPO / "scripts" / "find_python.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _older_python() -> str | None:
+    """A real interpreter older than 3.12 on this machine (Debian 12's 3.11), if any."""
+    for name in ("python3.11", "python3.10", "python3.9", "/usr/bin/python3"):
+        found = shutil.which(name)
+        if found is None:
+            continue
+        old = subprocess.run(
+            [found, "-c", "import sys; print(sys.version_info < (3, 12))"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        if old == "True":
+            return found
+    return None
+
+
+def test_find_python_refuses_an_old_python_asked_for_and_says_why() -> None:
+    """PYTHON=<3.11>: refused in one line naming its version and one that would do."""
+    older = _older_python()
+    if older is None:
+        pytest.skip("no Python older than 3.12 on this machine to ask for")
+    result = _find_python(older)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert f"error: PYTHON={older} is Python 3." in result.stderr
+    assert "needs Python >= 3.12" in result.stderr
+    assert "would do (make PYTHON=" in result.stderr
+
+
+def test_find_python_refuses_a_python_it_cannot_find() -> None:
+    result = _find_python("python3.99-nowhere")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith(
+        "error: PYTHON=python3.99-nowhere is not a command found on PATH; "
+    )
+    assert result.stderr.count("\n") == 1
+
+
+def test_find_python_uses_the_one_asked_for() -> None:
+    """A suitable PYTHON is used as given (resolved on PATH), not another one."""
+    result = _find_python(sys.executable)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == sys.executable
 
 
 def test_gen_master_key_runs_without_the_project_installed(tmp_path: Path) -> None:

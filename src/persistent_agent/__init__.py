@@ -1,8 +1,8 @@
 """persistent-agent: the Naylence persistence example in Python, on SQLCipher.
 
-The file tree is the architecture: five wings, each importing only the ones
+The file tree is the architecture: six wings, each importing only the ones
 above it in this list (``make lint`` checks it; ``access`` and ``storage``
-are side by side and import neither the other), then the entry points.
+are side by side and import neither the other), then the agent's entry point.
 
 - ``errors``: every user-facing error, one line each, and how it is printed;
   ``addresses``: which hosts are loopback (what may travel in plaintext).
@@ -28,6 +28,10 @@ are side by side and import neither the other), then the entry points.
   ``storage.provider``: the ``StorageProvider`` and ``KeyValueStore``;
   ``storage.provider_factory``: its config, factory and the
   ``encrypted-sqlite`` and ``encrypted-postgres`` profiles;
+  ``storage.backend``: what a backend of the agent's state is (versioned rows,
+  compare-and-set, request records), with no database driver;
+  ``storage.sealing``: AES-GCM rows and HMAC'd names, with no database driver;
+  ``storage.sqlcipher_backend``: the node's SQLCipher files as such a backend;
   ``storage.shared_state``: the state replicas share in PostgreSQL, encrypted;
   ``storage.shared_provider``: a replica's own files plus the shared state.
 - ``node/``: what runs inside the node processes.
@@ -41,9 +45,16 @@ are side by side and import neither the other), then the entry points.
   ``node.listener``: its listeners, frames bounded to the envelope limit, and
   its end of each attach, which grants credits but never waits for them;
   ``node.link``: the link to the sentinel (its readiness, attached or not);
-  ``node.backlog``: the agent's line of calls; those that waited too long refused;
-  ``node.caller``: the client's calls and their retry policy;
-  ``node.increments``: increment calls acknowledged exactly once.
+  ``node.backlog``: the agent's line of calls; those that waited too long refused.
+- ``client/``: calling the agent through the sentinel (``persistent-agent-client``).
+  ``client.cli``: its command line and subcommands (``run``, ``increment``);
+  ``client.__main__``: ``python -m persistent_agent.client``;
+  ``client.caller``: the seed's calls, retrieve then store, and its two lines;
+  ``client.increments``: increment calls acknowledged exactly once;
+  ``client.retry``: the one retry policy (deadlines, backoff with jitter, what
+  is worth another try);
+  ``client.failures``: where an error came from (local configuration,
+  transport, sentinel, agent) and its one line.
 - ``ops/``: what the operator runs.
   ``ops.admin``: the ``persistent-agent-admin`` CLI;
   ``ops.config_files``: ``config/.env.*``, the key file and ``make init``;
@@ -56,7 +67,7 @@ are side by side and import neither the other), then the entry points.
   ``ops.postgres_server``: a PostgreSQL server of the project's own;
   ``ops.replicas``: agent replicas as local processes (demo-replicas);
   ``ops.shared_tools``: the tools' side of the shared state.
-- ``client``: the client entry point; ``__main__``: the agent entry point.
+- ``__main__``: the agent entry point.
 
 Nothing in this ``__init__`` imports a third-party package: ``make init``
 runs on a bare Python, before anything is installed.

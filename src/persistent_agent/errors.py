@@ -7,7 +7,10 @@ ever includes the master key.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+import traceback
 from pathlib import Path
 from typing import TypeVar
 
@@ -240,10 +243,74 @@ class IncrementRangeError(PersistentAgentError):
     """``increment(n)`` was called with an n outside the range it accepts."""
 
 
+DEBUG_VAR = "PERSISTENT_AGENT_DEBUG"
+# Values of variables with these words in their names are secrets (or, a DSN,
+# may hold one): blanked out of the debug chain, as are password=…,
+# scheme://user:password@ and 256-bit hex forms a library may quote from its input.
+_SECRET_NAMES = ("KEY", "SECRET", "TOKEN", "PASSWORD", "DSN")
+_SECRET_FORMS = (
+    re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE),
+    re.compile(r"(://[^:/@\s]*:)[^@\s]*(?=@)"),
+    re.compile(r"()\b[0-9a-fA-F]{64}\b"),  # a master key's form (a hash's too)
+)
+REDACTED = "<redacted>"
+# Python's own words between the links of a chain.
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
 def report(name: str, error: PersistentAgentError) -> int:
-    """Print *error* as ``name: error: …`` on stderr; return the exit code to use."""
+    """Print *error* as ``name: error: …`` on stderr; return the exit code to use.
+
+    With PERSISTENT_AGENT_DEBUG=1 the exception chain comes first: what our
+    one line replaced (``raise … from None`` hides it from Python's own
+    printing, not from ``__context__``), with tracebacks, secrets blanked.
+    """
+    if debugging():
+        print(debug_chain(error), file=sys.stderr, end="", flush=True)
     print(f"{name}: error: {error}", file=sys.stderr, flush=True)
     return error.exit_code
+
+
+def debugging() -> bool:
+    """Whether the user asked for the exception chains (PERSISTENT_AGENT_DEBUG=1)."""
+    return os.environ.get(DEBUG_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def debug_chain(error: BaseException) -> str:
+    """Every exception *error* stands for, oldest first, each with its traceback.
+
+    The whole chain is followed, suppressed contexts included: they are what
+    a one-line error hides. Nothing of a secret reaches the text (see
+    :func:`redact`); tracebacks carry source lines, never local values.
+    """
+    links: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in links):
+        links.append(current)
+        current = current.__cause__ or current.__context__
+    parts: list[str] = []
+    for older, newer in zip(reversed(links), [*reversed(links[:-1]), None], strict=True):
+        parts.extend(traceback.format_exception(older, chain=False))
+        if newer is not None:
+            parts.append(_CAUSE if newer.__cause__ is older else _CONTEXT)
+    return redact("".join(parts))
+
+
+def _secret_var(name: str) -> bool:
+    """Whether variable *name* holds a secret itself (a *_FILE variable holds a path)."""
+    upper = name.upper()
+    return not upper.endswith("_FILE") and any(word in upper for word in _SECRET_NAMES)
+
+
+def redact(text: str) -> str:
+    """*text* with the values of secret-named variables and quoted passwords blanked."""
+    for var, value in os.environ.items():
+        if _secret_var(var) and len(value) >= 8:
+            text = text.replace(value, REDACTED)
+    for form in _SECRET_FORMS:
+        text = form.sub(lambda match: match.group(1) + REDACTED, text)
+    return text
 
 
 def find_cause(exc: BaseException, kinds: type[E] | tuple[type[E], ...]) -> E | None:

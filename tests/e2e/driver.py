@@ -22,8 +22,8 @@ from naylence.fame.core import FameFabric
 
 from persistent_agent import AGENT_ADDR
 from persistent_agent.access.fabric import client_config
+from persistent_agent.client.caller import use_unique_node_id
 from persistent_agent.node import logs
-from persistent_agent.node.caller import use_unique_node_id
 
 
 def emit(doc: Any) -> None:

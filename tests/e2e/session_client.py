@@ -21,8 +21,8 @@ from naylence.fame.core import FameFabric
 
 from persistent_agent import AGENT_ADDR
 from persistent_agent.access.fabric import client_config
+from persistent_agent.client.caller import use_unique_node_id
 from persistent_agent.node import logs
-from persistent_agent.node.caller import use_unique_node_id
 
 CALL_TIMEOUT = 60.0  # a deadline for a broken run; a lost call is simply never answered
 

@@ -47,8 +47,8 @@ from persistent_agent.errors import (
     SharedStateConflictError,
     StateVersionError,
 )
-from persistent_agent.storage.provider import Request, RequestLog, SQLCipherKeyValueStore
-from persistent_agent.storage.shared_state import VersionedStore
+from persistent_agent.storage.backend import Request, RequestLog, VersionedStore
+from persistent_agent.storage.provider import SQLCipherKeyValueStore
 
 # How often a change to the shared state is tried against other replicas'
 # writes before the call fails (each retry reads the row again).
@@ -162,7 +162,8 @@ class TransactionalAgent(BaseAgent[StateT]):
         return _Transaction(self)
 
     async def _shared(self) -> VersionedStore | None:
-        """The shared store (encrypted-postgres), or None for a node-local state."""
+        """The store as a versioned one (``storage.backend``: encrypted-postgres, or any
+        backend's store), or None for the SDK's node-local path (encrypted-sqlite)."""
         if self._state_model is None:
             raise RuntimeError("No state model configured")
         await self._ensure_state_store(self._state_model)

@@ -1,32 +1,90 @@
 """persistent-agent-admin: the operator CLI behind the Makefile's targets.
 
-Each subcommand is a few lines over a library function; every error is one
-line on stderr and exit code 2. Nothing here prints the master key.
+Each subcommand is a few lines over a library function, registered with
+:func:`command` together with its arguments; every error is one line on stderr
+and exit code 2 (PERSISTENT_AGENT_DEBUG=1 adds the exception chain behind it).
+Nothing here prints the master key.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from persistent_agent import __version__
 from persistent_agent.access import fabric
-from persistent_agent.errors import ConfigError, LocalNodeError, PersistentAgentError, report
+from persistent_agent.errors import (
+    DEBUG_VAR,
+    ConfigError,
+    LocalNodeError,
+    PersistentAgentError,
+    debugging,
+    report,
+)
 from persistent_agent.ops import backup, config_files, inspection, rotation, shared_tools
 from persistent_agent.ops.local_nodes import DEFAULT_ISSUER_PORT, LocalNodes
 from persistent_agent.storage.layout import NODE_ROLES
 
 Handler = Callable[[argparse.Namespace], int]
-_COMMANDS: dict[str, tuple[Handler, str, str]] = {}
+DEFAULT_SENTINEL_PORT = 8000
+PORT_VARS = {"port": "SENTINEL_PORT", "issuer_port": "ISSUER_PORT"}
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a subcommand, as ``add_argument`` takes it."""
+
+    flags: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(*self.flags, **self.options)
+
+
+def arg(*flags: str, **options: Any) -> Arg:
+    """Declare an argument beside its handler: ``arg("--force", action="store_true")``."""
+    return Arg(flags, options)
+
+
+# An argument, or a function adding some (options shared with another tool).
+Argument = Arg | Callable[[argparse.ArgumentParser], None]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A registered subcommand: what runs it, its help, its example and its arguments."""
+
+    run: Handler
+    doc: str
+    example: str
+    arguments: tuple[Argument, ...] = ()
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        for argument in self.arguments:
+            if isinstance(argument, Arg):
+                argument.add_to(parser)
+            else:
+                argument(parser)
+
+
+_COMMANDS: dict[str, Command] = {}
 
 
 def command(
-    name: str, example: str, doc: str | None = None, *, needs_config: bool = False
+    name: str,
+    example: str,
+    doc: str | None = None,
+    *arguments: Argument,
+    needs_config: bool = False,
 ) -> Callable[[Handler], Handler]:
-    """Register a subcommand; its help is *doc*, or else its docstring.
+    """Register a subcommand with its *arguments*; its help is *doc*, or else its docstring.
 
     *needs_config*: it reads the keys, so without config it says `run make
     init` instead of running (operator tools never create a key).
@@ -38,7 +96,7 @@ def command(
                 _require_config(args)
             return fn(args)
 
-        _COMMANDS[name] = (run, doc or (fn.__doc__ or "").strip(), example)
+        _COMMANDS[name] = Command(run, doc or (fn.__doc__ or "").strip(), example, arguments)
         return fn
 
     return register
@@ -53,17 +111,39 @@ def _require_config(args: argparse.Namespace) -> None:
 
 
 def _nodes(args: argparse.Namespace) -> LocalNodes:
+    """The local nodes on the chosen ports. The launcher drops inherited
+    PERSISTENT_AGENT_* settings; PERSISTENT_AGENT_DEBUG alone is handed on."""
     return LocalNodes(
-        args.config_dir, args.data_dir, args.run_dir, port=args.port, issuer_port=args.issuer_port
+        args.config_dir,
+        args.data_dir,
+        args.run_dir,
+        port=args.port or DEFAULT_SENTINEL_PORT,
+        issuer_port=args.issuer_port or DEFAULT_ISSUER_PORT,
+        extra_env={DEBUG_VAR: "1"} if debugging() else {},
     )
 
 
-@command("init", "persistent-agent-admin init   # keeps an existing key", config_files.INIT_HELP)
+@command(
+    "init",
+    "persistent-agent-admin init   # keeps an existing key",
+    config_files.INIT_HELP,
+    config_files.add_init_options,
+)
 def _init(args: argparse.Namespace) -> int:
     return config_files.run_init(args)
 
 
-@command("access", "persistent-agent-admin access")
+@command(
+    "access",
+    "persistent-agent-admin access",
+    None,
+    arg(
+        "--replicas",
+        type=int,
+        default=0,
+        help="also credentials replica-1 .. replica-N (the replicas variant)",
+    ),
+)
 def _access(args: argparse.Namespace) -> int:
     """Create, once, what the secured fabric needs: CA, certificates, credentials, issuer key."""
     from persistent_agent.ops import access
@@ -76,7 +156,12 @@ def _access(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("rotate-credentials", "persistent-agent-admin rotate-credentials --client client")
+@command(
+    "rotate-credentials",
+    "persistent-agent-admin rotate-credentials --client client",
+    None,
+    arg("--client", required=True, help="the credential's client id"),
+)
 def _rotate_credentials(args: argparse.Namespace) -> int:
     """Give a credential a new secret and revoke every token issued before; restart its node."""
     from persistent_agent.ops import access
@@ -120,14 +205,18 @@ def _local_stop(args: argparse.Namespace) -> int:
 
 @command("local-status", "persistent-agent-admin local-status")
 def _local_status(args: argparse.Namespace) -> int:
-    """Show whether the local issuer, sentinel and agent run and serve; exit 1 if one does not.
+    """Show whether the local issuer, sentinel and agent run and serve; exit 1 if one runs
+    without serving. Nothing running is an answer, not an error (exit 0).
 
     The agent serves only while it is attached to the sentinel.
     """
     nodes = _nodes(args)
+    pids = {role: nodes.pid(role) for role in nodes.roles()}
+    if all(pid is None for pid in pids.values()):
+        print(f"local: nothing running ({', '.join(pids)} stopped); start with `make local-start`")
+        return 0
     up = True
-    for role in nodes.roles():
-        pid = nodes.pid(role)
+    for role, pid in pids.items():
         serving = pid is not None and nodes.serving(role)
         up = up and serving
         if pid is None:
@@ -139,7 +228,12 @@ def _local_status(args: argparse.Namespace) -> int:
     return 0 if up else 1
 
 
-@command("local-run", "persistent-agent-admin local-run --verbose")
+@command(
+    "local-run",
+    "persistent-agent-admin local-run --verbose",
+    None,
+    arg("--verbose", action="store_true", help="show envelopes"),
+)
 def _local_run(args: argparse.Namespace) -> int:
     """Run the client against the local sentinel (--verbose shows envelopes)."""
     argv, env = _nodes(args).client_command(verbose=args.verbose)
@@ -180,14 +274,21 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("demo-replicas", "persistent-agent-admin demo-replicas --replicas 2")
+@command(
+    "demo-replicas",
+    "persistent-agent-admin demo-replicas --replicas 2",
+    None,
+    arg("--replicas", type=int, default=2, help="agent replicas (default 2)"),
+    arg("--clients", type=int, default=4, help="client processes (default 4)"),
+    arg("--calls", type=int, default=300, help="increments in all (default 300)"),
+)
 def _demo_replicas(args: argparse.Namespace) -> int:
     """Replicas on one shared PostgreSQL state: increments from several clients, a kill -9."""
     from persistent_agent.ops import replicas
 
     return replicas.demo(
         args.config_dir, args.data_dir, args.run_dir, replicas=args.replicas, clients=args.clients,
-        calls_per_client=args.calls // args.clients,
+        calls_per_client=args.calls // args.clients, port=args.port, issuer_port=args.issuer_port,
     )  # fmt: skip
 
 
@@ -259,7 +360,16 @@ def _backup(args: argparse.Namespace) -> int:
 
 
 @command(
-    "restore", "persistent-agent-admin restore backups/20261126T101500123456Z", needs_config=True
+    "restore",
+    "persistent-agent-admin restore backups/20261126T101500123456Z",
+    None,
+    arg("backup", type=Path, help="a directory written by backup"),
+    arg(
+        "--force",
+        action="store_true",
+        help="replace existing data (it is moved under backups/, not deleted)",
+    ),
+    needs_config=True,
 )
 def _restore(args: argparse.Namespace) -> int:
     """Verify a backup, then put it in place of data/ (services stopped; --force to replace)."""
@@ -282,7 +392,17 @@ def _restore(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("rotate-key", "persistent-agent-admin rotate-key [--reencrypt]", needs_config=True)
+@command(
+    "rotate-key",
+    "persistent-agent-admin rotate-key [--reencrypt]",
+    None,
+    arg(
+        "--reencrypt",
+        action="store_true",
+        help="also replace every data key and re-encrypt every file (after a leak)",
+    ),
+    needs_config=True,
+)
 def _rotate_key(args: argparse.Namespace) -> int:
     """Move both nodes to a new master key by re-wrapping their keyrings (services stopped;
     safe to re-run). --reencrypt also replaces the data keys and rewrites every file."""
@@ -311,11 +431,13 @@ def _rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="persistent-agent-admin",
-        description="Operator tools for the persistent-agent demo.",
-    )
+def _shared_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every command takes, before or after its name.
+
+    They are declared twice: on the top-level parser with their defaults, and on
+    each command's parser without any (``SUPPRESS``), so that a command's parser
+    leaves an option given before the command name as it was.
+    """
     config_files.add_directory_options(parser)
     parser.add_argument(
         "--run-dir",
@@ -332,66 +454,90 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("SENTINEL_PORT", "8000")),
-        help="sentinel port for the local-* commands (default: $SENTINEL_PORT or 8000)",
+        default=_env_port("port"),
+        help=f"sentinel port of the local nodes (default: $SENTINEL_PORT, else "
+        f"{DEFAULT_SENTINEL_PORT}; demo-replicas: a free one)",
     )
     parser.add_argument(
         "--issuer-port",
         type=int,
-        default=int(os.environ.get("ISSUER_PORT", str(DEFAULT_ISSUER_PORT))),
-        help=f"token issuer port for the local-* commands (default: $ISSUER_PORT or "
-        f"{DEFAULT_ISSUER_PORT})",
+        default=_env_port("issuer_port"),
+        help=f"token issuer port of the local nodes (default: $ISSUER_PORT, else "
+        f"{DEFAULT_ISSUER_PORT}; demo-replicas: a free one)",
     )
+    if not defaults:
+        for action in parser._actions:
+            if action.dest != "help":
+                action.default = argparse.SUPPRESS
+
+
+def _env_port(dest: str) -> int | None:
+    """The port set by SENTINEL_PORT or ISSUER_PORT, or None when unset or empty."""
+    var = PORT_VARS[dest]
+    raw = os.environ.get(var, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ConfigError(f"{var}={raw!r} is not a port number (1-65535)")
+    return int(raw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="persistent-agent-admin",
+        description="Operator tools for the persistent-agent demo.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _shared_options(parser, defaults=True)
+    shared = argparse.ArgumentParser(add_help=False)
+    _shared_options(shared, defaults=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (fn, doc, example) in _COMMANDS.items():
+    for name, registered in _COMMANDS.items():
         p = sub.add_parser(
             name,
-            help=doc,
-            description=doc,
-            epilog=f"Example:\n  {example}",
+            help=registered.doc,
+            description=registered.doc,
+            epilog=f"Example:\n  {registered.example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[shared],
         )
-        p.set_defaults(handler=fn)
-        if name == "init":
-            config_files.add_init_options(p)
-        if name == "restore":
-            p.add_argument("backup", type=Path, help="a directory written by backup")
-            p.add_argument(
-                "--force",
-                action="store_true",
-                help="replace existing data (it is moved under backups/, not deleted)",
-            )
-        if name == "rotate-key":
-            p.add_argument(
-                "--reencrypt",
-                action="store_true",
-                help="also replace every data key and re-encrypt every file (after a leak)",
-            )
-        if name == "demo-replicas":
-            p.add_argument("--replicas", type=int, default=2, help="agent replicas (default 2)")
-            p.add_argument("--clients", type=int, default=4, help="client processes (default 4)")
-            p.add_argument("--calls", type=int, default=300, help="increments in all (default 300)")
-        if name == "access":
-            p.add_argument(
-                "--replicas",
-                type=int,
-                default=0,
-                help="also credentials replica-1 .. replica-N (the replicas variant)",
-            )
-        if name == "rotate-credentials":
-            p.add_argument("--client", required=True, help="the credential's client id")
-        if name == "local-run":
-            p.add_argument("--verbose", action="store_true", help="show envelopes")
+        p.set_defaults(handler=registered.run)
+        registered.add_arguments(p)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+SAFE_PATH_VAR = "PYTHONSAFEPATH"
+
+
+@contextlib.contextmanager
+def _safe_path() -> Iterator[None]:
+    """Processes started meanwhile do not import from the working directory.
+
+    ``python -m`` puts the working directory first on sys.path, so a file named
+    ``persistent_agent.py`` there (the upstream example's agent has that name)
+    would shadow the package in every node. PYTHONSAFEPATH=1 (Python 3.11+)
+    leaves it out; os.environ is restored after, for in-process callers.
+    """
+    before = os.environ.get(SAFE_PATH_VAR)
+    os.environ[SAFE_PATH_VAR] = "1"
     try:
-        code: int = args.handler(args)
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(SAFE_PATH_VAR, None)
+        else:
+            os.environ[SAFE_PATH_VAR] = before
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    name = "persistent-agent-admin"
+    try:
+        args = build_parser().parse_args(argv)
+        name = args.command
+        with _safe_path():
+            return int(args.handler(args))
     except PersistentAgentError as error:
-        return report(args.command, error)
-    return code
+        return report(name, error)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from pathlib import Path
 import psutil
 
 from persistent_agent.access import fabric
+from persistent_agent.client.failures import START_HINT_VAR
 from persistent_agent.errors import LocalNodeError
-from persistent_agent.node.caller import START_HINT_VAR
 from persistent_agent.node.sentinel import DEFAULT_HOST, HOST_VAR
 from persistent_agent.node.serving import (
     ENV_FILE_VAR,

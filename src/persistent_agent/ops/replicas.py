@@ -125,8 +125,14 @@ def demo(
     calls_per_client: int = 75,
     concurrency: int = 8,
     out: Any = print,
+    port: int | None = None,
+    issuer_port: int | None = None,
 ) -> int:
-    """The demo: returns 0 when every check held, 1 (naming the check) otherwise."""
+    """The demo: returns 0 when every check held, 1 (naming the check) otherwise.
+
+    *port* and *issuer_port* are the user's (SENTINEL_PORT, ISSUER_PORT); each
+    left unset is a free port, so that the demo runs beside ``make local-start``.
+    """
     total = clients * calls_per_client
     access.ensure(config_dir, {replica: "agent" for replica in replica_ids(replicas)})
     server = PostgresServer(
@@ -138,8 +144,8 @@ def demo(
         config_dir,
         data_dir / DEMO_DIR,
         run_dir / DEMO_DIR,
-        port=free_port(),
-        issuer_port=free_port(),
+        port=port or free_port(),
+        issuer_port=issuer_port or free_port(),
         python=sys.executable,
         replicas=replica_ids(replicas),
     )
@@ -156,7 +162,8 @@ def demo(
             f"fresh database {DATABASE}"
         )
         out(
-            f"== starting the token issuer, the sentinel (127.0.0.1:{nodes.port}) and "
+            f"== starting the token issuer (127.0.0.1:{nodes.issuer_port}), the sentinel "
+            f"(127.0.0.1:{nodes.port}) and "
             f"{', '.join(nodes.replicas)}"
         )
         nodes.start_all()

@@ -20,6 +20,7 @@ exclusively (``pg_try_advisory_lock``) for as long as they write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -33,7 +34,6 @@ import psycopg
 from persistent_agent.errors import (
     BackupError,
     ServicesRunningError,
-    SharedRowError,
     SharedStateError,
 )
 from persistent_agent.keys.custody import (
@@ -45,13 +45,13 @@ from persistent_agent.keys.keyring import KeyWrapper
 from persistent_agent.keys.secret_files import read_private, write_private
 from persistent_agent.ops.config_files import env_file, read_env
 from persistent_agent.ops.node_keys import source_of
+from persistent_agent.storage.backend import Row, StateBackend
+from persistent_agent.storage.sealing import keyring_ad
 from persistent_agent.storage.shared_state import (
     REPLICAS_LOCK,
-    Row,
     SharedState,
     check_tls,
     describe,
-    keyring_ad,
     rewrap_keys,
 )
 
@@ -149,19 +149,36 @@ def ensure_stopped(config: SharedConfig) -> None:
 # ---------------------------------------------------------------- verify, inspect
 
 
+async def backend_verify_lines(backend: StateBackend) -> tuple[list[str], int]:
+    """One line per row of any backend (ok or its error) and the number of failures."""
+    rows = await backend.all_rows()
+    lines = [
+        f"shared {row.namespace}/{row.key} (version {row.version}): ok"
+        if isinstance(row, Row)
+        else f"shared FAIL: {row}"
+        for row in rows
+    ]
+    return lines, sum(1 for row in rows if not isinstance(row, Row))
+
+
+async def backend_inspect_lines(backend: StateBackend) -> list[str]:
+    """Every row of any backend with its value (the operator asked to see them)."""
+    rows = await backend.all_rows()
+    lines = [f"== shared state in {backend.where}: {len(rows)} rows"]
+    for row in rows:
+        if isinstance(row, Row):
+            lines.append(f"{row.namespace}/{row.key} (version {row.version}): {row.value}")
+        else:
+            lines.append(f"FAIL: {row}")
+    return lines
+
+
 def verify_lines(config: SharedConfig) -> tuple[list[str], int]:
     """One line per row (ok or its error) and the number of failures."""
 
     async def work() -> tuple[list[str], int]:
         async with opened(config) as state:
-            rows = await state.all_rows()
-        lines = [
-            f"shared {row.namespace}/{row.key} (version {row.version}): ok"
-            if isinstance(row, Row)
-            else f"shared FAIL: {row}"
-            for row in rows
-        ]
-        return lines, sum(1 for row in rows if isinstance(row, SharedRowError))
+            return await backend_verify_lines(state)
 
     return asyncio.run(work())
 
@@ -169,14 +186,7 @@ def verify_lines(config: SharedConfig) -> tuple[list[str], int]:
 def inspect_lines(config: SharedConfig) -> list[str]:
     async def work() -> list[str]:
         async with opened(config) as state:
-            rows = await state.all_rows()
-        lines = [f"== shared state in {config.where}: {len(rows)} rows"]
-        for row in rows:
-            if isinstance(row, Row):
-                lines.append(f"{row.namespace}/{row.key} (version {row.version}): {row.value}")
-            else:
-                lines.append(f"FAIL: {row}")
-        return lines
+            return await backend_inspect_lines(state)
 
     return asyncio.run(work())
 
@@ -322,11 +332,12 @@ def migrate(config: SharedConfig, rows: dict[str, str], namespace: str) -> int:
 
     async def work() -> int:
         async with opened(config) as state, replicas_stopped(config):
-            if await state.rows(namespace):
-                raise SharedStateError(
-                    f"the shared state in {config.where} already holds {namespace}; "
-                    "migrate-state runs once, into an empty one (nothing was changed)"
-                )
+            async with contextlib.aclosing(state.rows(namespace)) as held:
+                async for _ in held:  # one row is enough to refuse
+                    raise SharedStateError(
+                        f"the shared state in {config.where} already holds {namespace}; "
+                        "migrate-state runs once, into an empty one (nothing was changed)"
+                    )
             for key, value in rows.items():
                 if not await state.write(namespace, key, value, 0):
                     raise SharedStateError(f"{namespace}/{key} appeared while migrating")

@@ -13,9 +13,8 @@ import atexit
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import TypeVar
 
 from naylence.fame.storage.key_value_store import KeyValueStore
 from naylence.fame.storage.storage_provider import StorageProvider
@@ -26,45 +25,21 @@ from persistent_agent.errors import PersistentAgentError, StorageUnavailableErro
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.master_key import MasterKey
 from persistent_agent.storage import database, layout, lock
+
+# Defined with the backend protocol now; still importable from here.
+from persistent_agent.storage.backend import REQUEST_WINDOW_SECONDS as REQUEST_WINDOW_SECONDS
+from persistent_agent.storage.backend import RecordedRequest as RecordedRequest
+from persistent_agent.storage.backend import Request as Request
+from persistent_agent.storage.backend import RequestLog as RequestLog
+from persistent_agent.storage.backend import dump_value as dump_value
 from persistent_agent.storage.data_keys import NodeKeys, wrong_key
 
 V = TypeVar("V", bound=BaseModel)
 
 logger = getLogger(__name__)
 
-# How long a request id is remembered: far longer than a client retries one
-# call (node.increments.INCREMENT_DEADLINE). Older records are pruned.
-REQUEST_WINDOW_SECONDS = 3600
 # Pruning runs once every this many recorded requests.
 _PRUNE_EVERY = 256
-
-
-class Request(NamedTuple):
-    """An idempotent call, recorded with the state change it made.
-
-    *arguments* is a digest of the call's arguments (``node.state``), so that
-    an id sent again with other arguments is refused rather than answered.
-    """
-
-    id: str
-    result: str  # JSON
-    arguments: str | None = None
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """What a store recorded for a request id; *arguments* None for records made
-    before arguments were recorded (they are answered as before)."""
-
-    result: str
-    arguments: str | None
-
-
-@runtime_checkable
-class RequestLog(Protocol):
-    """A store that records request ids with the state change they made."""
-
-    async def request_record(self, request_id: str) -> RecordedRequest | None: ...
 
 
 # Who to tell when storage fails under a running node. The runtime calls our
@@ -82,18 +57,6 @@ def on_storage_failure(listener: Callable[[StorageUnavailableError], None]) -> N
 def _report_failure(error: StorageUnavailableError) -> None:
     for listener in list(_failure_listeners):
         listener(error)
-
-
-def dump_value(model_cls: type[V], value: V) -> str:
-    """*value* as the JSON a store keeps, validated through *model_cls* first.
-
-    Foreign objects are validated through our model rather than stored in
-    whatever shape they happen to have. Every store (local or shared) writes this.
-    """
-    if not isinstance(value, model_cls):
-        source = value.model_dump() if isinstance(value, BaseModel) else value
-        value = model_cls.model_validate(source)
-    return value.model_dump_json(by_alias=True)
 
 
 class SQLCipherKeyValueStore(KeyValueStore[V]):
@@ -299,6 +262,11 @@ class SQLCipherStorageProvider(StorageProvider):
                 with database.storage_errors(self._keys.path):
                     self._keys.confirm()
         return self._connections[path.name]
+
+    def connection(self, path: Path) -> database.Connection:
+        """The open connection to *path*, a database file of this directory, opened
+        (and created) as the stores' are: for ``storage.sqlcipher_backend``."""
+        return self._connection(path)
 
     async def get_kv_store(self, model_cls: type[V], namespace: str) -> KeyValueStore[V]:
         path = self._directory / layout.file_name(namespace)

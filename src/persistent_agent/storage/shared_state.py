@@ -24,6 +24,12 @@ of the namespace, an HMAC of the key, a version number and a sealed blob.
 * **Liveness.** Each replica holds a shared advisory lock for as long as it
   runs; tools that need every replica stopped take it exclusively.
 
+This module is the PostgreSQL backend (``storage.backend.StateBackend``):
+the connection pool and outage probe, the compare-and-set SQL and the
+keyring bootstrap. How rows and request records are sealed is
+``storage.sealing``; nothing else imports psycopg (the tools' backup,
+restore and rotate-key in ``ops.shared_tools`` aside).
+
 Connections come from a ``psycopg_pool`` pool that checks each connection
 before lending it and reconnects by itself: while the server is down, calls
 fail with :class:`SharedStateUnavailableError`, and work again once it is back.
@@ -33,20 +39,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import json
 import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
 import psycopg
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from naylence.fame.storage.key_value_store import KeyValueStore
 from naylence.fame.util.logging import getLogger
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel
@@ -54,21 +54,43 @@ from pydantic import BaseModel
 from persistent_agent.addresses import loopback
 from persistent_agent.errors import (
     ConfigError,
+    PersistentAgentError,
     SharedRowError,
     SharedStateError,
     SharedStateUnavailableError,
 )
 from persistent_agent.keys.custody import KeySource
-from persistent_agent.keys.keyring import NONCE_BYTES, KeyWrapper
+from persistent_agent.keys.keyring import KeyWrapper
 from persistent_agent.keys.master_key import KEY_BYTES
-from persistent_agent.storage.provider import (
+from persistent_agent.storage.backend import (
     REQUEST_WINDOW_SECONDS,
+    BackendKeyValueStore,
     RecordedRequest,
     Request,
-    dump_value,
+    Row,
+    RowStream,
+    VersionedStore,
 )
+from persistent_agent.storage.sealing import KEY_NAMES, KEYRING_FORMAT, StateKeys, keyring_ad
 
 V = TypeVar("V", bound=BaseModel)
+
+# Names other modules and tests import from here (the PostgreSQL backend), kept
+# since sealing and the backend protocol moved to modules of their own.
+__all__ = [
+    "KEYRING_FORMAT",
+    "KEY_NAMES",
+    "REPLICAS_LOCK",
+    "Row",
+    "SharedKeyValueStore",
+    "SharedState",
+    "StateKeys",
+    "VersionedStore",
+    "check_tls",
+    "describe",
+    "keyring_ad",
+    "rewrap_keys",
+]
 
 logger = getLogger(__name__)
 # The pool logs every failed reconnect (four a second while the server is
@@ -78,8 +100,6 @@ logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 KEYRING_TABLE = "pa_keyring"
 ROWS_TABLE = "pa_state"
 REQUESTS_TABLE = "pa_requests"
-# The names of the two shared keys in pa_keyring.
-KEY_NAMES = ("data", "hmac")
 # Advisory lock ids (pg_advisory_lock takes a bigint): "pa" + purpose.
 SCHEMA_LOCK = 0x7061_0001
 REPLICAS_LOCK = 0x7061_0002
@@ -90,7 +110,6 @@ CHECKOUT_TIMEOUT = 1.5
 # Once a call found the server gone, calls fail at once (rather than each
 # waiting out CHECKOUT_TIMEOUT in turn) while a probe tries it this often.
 PROBE_INTERVAL = 0.25
-KEYRING_FORMAT = 1
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS pa_keyring ("
@@ -150,63 +169,6 @@ def check_tls(dsn: str) -> None:
             f"not verify the server; add sslmode={VERIFIED_SSLMODE} and "
             "sslrootcert=<the CA's certificate file> (see docs/replicas.md)"
         )
-
-
-def keyring_ad(name: str, fingerprint: str) -> bytes:
-    return json.dumps(
-        ["persistent-agent shared keyring", KEYRING_FORMAT, name, fingerprint],
-        separators=(",", ":"),
-    ).encode("utf-8")
-
-
-@dataclass(frozen=True, repr=False)
-class StateKeys:
-    """The unwrapped shared keys: AES-256-GCM for blobs, HMAC-SHA256 for names."""
-
-    data_key: bytes
-    hmac_key: bytes
-    _aead: AESGCM = field(init=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_aead", AESGCM(self.data_key))
-
-    def __repr__(self) -> str:
-        return "StateKeys(…)"
-
-    def mac(self, kind: str, *parts: str) -> bytes:
-        message = json.dumps([kind, *parts], separators=(",", ":")).encode("utf-8")
-        return hmac.new(self.hmac_key, message, hashlib.sha256).digest()
-
-    def seal(self, plaintext: bytes, associated_data: bytes) -> bytes:
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, plaintext, associated_data)
-
-    def open(self, sealed: bytes, associated_data: bytes) -> bytes:
-        return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated_data)
-
-
-def _row_ad(namespace_mac: bytes, key_mac: bytes, version: int) -> bytes:
-    return b"pa-state\x00" + namespace_mac + key_mac + version.to_bytes(8, "big")
-
-
-def _request_ad(id_mac: bytes) -> bytes:
-    """A request record's associated data before arguments were recorded (result only)."""
-    return b"pa-request\x00" + id_mac
-
-
-def _request_ad_v2(id_mac: bytes) -> bytes:
-    """A request record that holds ``{"result": …, "arguments": digest}``."""
-    return b"pa-request-v2\x00" + id_mac
-
-
-@dataclass(frozen=True)
-class Row:
-    """One decrypted row: its real namespace and key, its value (JSON text), its version."""
-
-    namespace: str
-    key: str
-    value: str
-    version: int
 
 
 class _Lost(Exception):
@@ -340,7 +302,7 @@ class SharedState:
             return
 
     def _names(self, namespace: str, key: str) -> tuple[bytes, bytes]:
-        return self._keys.mac("namespace", namespace), self._keys.mac("key", namespace, key)
+        return self._keys.names(namespace, key)
 
     def _open_row(
         self,
@@ -350,28 +312,8 @@ class SharedState:
         sealed: bytes,
         expected: tuple[str, str | None] | None = None,
     ) -> Row:
-        """Decrypt one row; its namespace and key must be the ones its HMACs name.
-
-        *expected* (namespace, key or None) is what the caller asked for, for messages.
-        """
-        name = _row_name(expected, key_mac)
-        try:
-            plain = json.loads(self._keys.open(bytes(sealed), _row_ad(ns_mac, key_mac, version)))
-            namespace, key, value = plain["namespace"], plain["key"], plain["value"]
-        except (InvalidTag, ValueError, KeyError, TypeError):
-            raise SharedRowError(
-                f"row {name} (version {version}) in {self.where} does not decrypt: it was "
-                "altered, or copied from another row or version; nothing was changed"
-            ) from None
-        if (
-            self._keys.mac("namespace", namespace) != bytes(ns_mac)
-            or self._keys.mac("key", namespace, key) != bytes(key_mac)
-            or (expected is not None and expected[1] is not None and key != expected[1])
-        ):
-            raise SharedRowError(
-                f"row {name} in {self.where} holds another row's value; nothing was changed"
-            )
-        return Row(namespace, key, value, version)
+        """Decrypt one row (``sealing``); *expected* is what the caller asked for."""
+        return self._keys.open_row(ns_mac, key_mac, version, sealed, self.where, expected)
 
     async def read(self, namespace: str, key: str) -> Row | None:
         ns_mac, key_mac = self._names(namespace, key)
@@ -402,10 +344,7 @@ class SharedState:
         """
         ns_mac, key_mac = self._names(namespace, key)
         version = expected + 1
-        plaintext = json.dumps(
-            {"namespace": namespace, "key": key, "value": value}, separators=(",", ":")
-        ).encode()
-        sealed = self._keys.seal(plaintext, _row_ad(ns_mac, key_mac, version))
+        sealed = self._keys.seal_row(namespace, key, value, version)
         try:
             async with self._connection() as conn, conn.transaction():
                 if expected == 0:
@@ -423,15 +362,10 @@ class SharedState:
                 if cur.rowcount != 1:
                     raise _Lost
                 if request is not None:
-                    id_mac = self._keys.mac("request", request.id)
-                    record = json.dumps(
-                        {"result": request.result, "arguments": request.arguments},
-                        separators=(",", ":"),
-                    ).encode()
                     cur = await conn.execute(
                         "INSERT INTO pa_requests (id, sealed) VALUES (%s, %s) "
                         "ON CONFLICT DO NOTHING",
-                        (id_mac, self._keys.seal(record, _request_ad_v2(id_mac))),
+                        self._keys.seal_request(request),
                     )
                     if cur.rowcount != 1:
                         raise _Lost
@@ -446,10 +380,13 @@ class SharedState:
             return False
         return True
 
-    async def request_record(self, request_id: str) -> RecordedRequest | None:
+    async def request_record(
+        self, request_id: str, namespace: str | None = None
+    ) -> RecordedRequest | None:
         """What was recorded for *request_id*, if a call with it was applied.
 
-        Records from before arguments were recorded hold the result alone.
+        Request ids are global here (*namespace* is not needed). Records from
+        before arguments were recorded hold the result alone.
         """
         id_mac = self._keys.mac("request", request_id)
         async with self._connection() as conn:
@@ -457,19 +394,7 @@ class SharedState:
             found = await cur.fetchone()
         if found is None:
             return None
-        sealed = bytes(found[0])
-        try:
-            record = json.loads(self._keys.open(sealed, _request_ad_v2(id_mac)))
-            return RecordedRequest(str(record["result"]), record["arguments"])
-        except InvalidTag:
-            pass
-        try:
-            return RecordedRequest(self._keys.open(sealed, _request_ad(id_mac)).decode(), None)
-        except InvalidTag:
-            raise SharedRowError(
-                f"the recorded result of request {request_id} in {self.where} does not "
-                "decrypt: it was altered or copied; nothing was changed"
-            ) from None
+        return self._keys.open_request(request_id, found[0], self.where)
 
     async def delete(self, namespace: str, key: str) -> None:
         ns_mac, key_mac = self._names(namespace, key)
@@ -478,26 +403,27 @@ class SharedState:
                 "DELETE FROM pa_state WHERE namespace = %s AND key = %s", (ns_mac, key_mac)
             )
 
-    async def rows(self, namespace: str) -> list[Row]:
-        """Every row of *namespace*, decrypted; any row that does not decrypt is an error."""
+    def rows(self, namespace: str) -> RowStream:
+        """Every row of *namespace*, decrypted as it streams in; a row that does not
+        decrypt raises. ``await`` it for a list."""
+        return RowStream(lambda: self._stream(namespace))
+
+    async def _stream(self, namespace: str) -> AsyncIterator[Row]:
         ns_mac = self._keys.mac("namespace", namespace)
         async with self._connection() as conn:
-            cur = await conn.execute(
+            cursor = conn.cursor()
+            async for key_mac, version, sealed in cursor.stream(
                 "SELECT key, version, sealed FROM pa_state WHERE namespace = %s ORDER BY key",
                 (ns_mac,),
-            )
-            found = await cur.fetchall()
-        return [
-            self._open_row(ns_mac, bytes(key_mac), version, sealed, (namespace, None))
-            for key_mac, version, sealed in found
-        ]
+            ):
+                yield self._open_row(ns_mac, bytes(key_mac), version, sealed, (namespace, None))
 
-    async def all_rows(self) -> list[Row | SharedRowError]:
+    async def all_rows(self) -> list[Row | PersistentAgentError]:
         """Every row of every namespace, decrypted, or the error that row gives (for verify)."""
         async with self._connection() as conn:
             cur = await conn.execute("SELECT namespace, key, version, sealed FROM pa_state")
             found = await cur.fetchall()
-        opened: list[Row | SharedRowError] = []
+        opened: list[Row | PersistentAgentError] = []
         for ns_mac, key_mac, version, sealed in found:
             try:
                 opened.append(self._open_row(bytes(ns_mac), bytes(key_mac), version, sealed))
@@ -512,14 +438,6 @@ class SharedState:
             cur = await conn.execute("SELECT count(*) FROM pa_state")
             found = await cur.fetchone()
         return int(found[0]) if found else 0
-
-
-def _row_name(expected: tuple[str, str | None] | None, key_mac: bytes) -> str:
-    unnamed = f"<key {key_mac.hex()[:12]}…>"
-    if expected is None:
-        return unnamed
-    namespace, key = expected
-    return f"{namespace}/{key if key is not None else unnamed}"
 
 
 async def _load_keys(pool: AsyncConnectionPool, wrapper: KeyWrapper, where: str) -> StateKeys:
@@ -631,71 +549,9 @@ async def rewrap_keys(conn: psycopg.AsyncConnection[Any], old: KeyWrapper, new: 
 # ---------------------------------------------------------------- the runtime's view
 
 
-@runtime_checkable
-class VersionedStore(Protocol):
-    """A store whose writes are compare-and-set, and which remembers request results."""
-
-    async def read_versioned(self, key: str) -> tuple[str | None, int]: ...
-
-    async def write_versioned(
-        self, key: str, value: str, expected: int, request: Request | None = None
-    ) -> bool: ...
-
-    async def request_record(self, request_id: str) -> RecordedRequest | None: ...
-
-
-class SharedKeyValueStore(KeyValueStore[V], Generic[V]):
-    """A namespace of the shared state, as the runtime's ``KeyValueStore``.
-
-    The plain ``set`` is last-writer-wins (it retries its own compare-and-set);
-    the agent's transactions use the versioned methods instead.
-    """
+class SharedKeyValueStore(BackendKeyValueStore[V]):
+    """A namespace of the shared state, as the runtime's ``KeyValueStore``
+    (:class:`~persistent_agent.storage.backend.BackendKeyValueStore` over PostgreSQL)."""
 
     def __init__(self, state: SharedState, model_cls: type[V], namespace: str) -> None:
-        self._state = state
-        self._model_cls = model_cls
-        self._namespace = namespace
-
-    async def read_versioned(self, key: str) -> tuple[str | None, int]:
-        row = await self._state.read(self._namespace, key)
-        return (None, 0) if row is None else (row.value, row.version)
-
-    async def write_versioned(
-        self, key: str, value: str, expected: int, request: Request | None = None
-    ) -> bool:
-        return await self._state.write(self._namespace, key, value, expected, request)
-
-    async def request_record(self, request_id: str) -> RecordedRequest | None:
-        return await self._state.request_record(request_id)
-
-    async def set(self, key: str, value: V | None) -> None:
-        if value is None:
-            await self.delete(key)
-            return
-        text = dump_value(self._model_cls, value)
-        while True:
-            _, version = await self.read_versioned(key)
-            if await self.write_versioned(key, text, version):
-                return
-
-    async def update(self, key: str, value: V) -> None:
-        text = dump_value(self._model_cls, value)
-        while True:
-            _, version = await self.read_versioned(key)
-            if version == 0:
-                raise KeyError(f"Key '{key}' not found for update.")
-            if await self.write_versioned(key, text, version):
-                return
-
-    async def get(self, key: str) -> V | None:
-        text, _ = await self.read_versioned(key)
-        return None if text is None else self._model_cls.model_validate_json(text)
-
-    async def delete(self, key: str) -> None:
-        await self._state.delete(self._namespace, key)
-
-    async def list(self) -> dict[str, V]:
-        return {
-            row.key: self._model_cls.model_validate_json(row.value)
-            for row in await self._state.rows(self._namespace)
-        }
+        super().__init__(state, model_cls, namespace)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from persistent_agent.node.caller import format_state
+from persistent_agent.client.caller import format_state
 
 
 def test_no_value_prints_null() -> None:
