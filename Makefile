@@ -30,7 +30,7 @@ export UID_GID := $(shell id -u):$(shell id -g)
 COMPOSE ?= $(shell scripts/compose.sh)
 
 .PHONY: help install init access rotate-credentials reissue-certs demo demo-replicas local-start local-run local-run-verbose local-stop local-status \
-        test test-unit test-e2e test-docker lint docs bench clean \
+        test test-unit test-e2e test-docker runtime-tests lint docs bench clean \
         build base-image start start-replicas run-increments stop run run-verbose logs status \
         verify inspect backup restore rotate-key migrate-state
 
@@ -230,11 +230,15 @@ rotate-key: install ## New master key: re-wraps the keyrings (services stopped; 
 	@$(ADMIN) rotate-key $(if $(filter 1 yes true,$(REENCRYPT)),--reencrypt)
 
 # ---------------------------------------------------------------- quality
-test: $(TEST_PREREQS) ## Run unit and end-to-end tests (real SQLCipher files, real processes)
+# Tiers: markers that tests/conftest.py sets from where a test lives and what it
+# uses (e2e, docker, postgres, slow, bench; README "Tests"). `make test` is what
+# CI runs: every tier but docker.
+UNIT_TIER := not (e2e or docker or postgres or slow or bench)
+test: $(TEST_PREREQS) ## Run every test but Docker's: unit, slow, PostgreSQL and end-to-end (CI runs this)
 	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)
 
-test-unit: $(TEST_PREREQS) ## Run only the unit tests
-	$(PY) -m pytest -m "not docker and not e2e" $(PYTEST_ARGS)
+test-unit: $(TEST_PREREQS) ## The fast tier, about a minute: no nodes, PostgreSQL, Docker or tests marked slow
+	$(PY) -m pytest -m "$(UNIT_TIER)" $(PYTEST_ARGS)
 
 test-e2e: $(TEST_PREREQS) ## Run only the end-to-end tests (real sentinel and agent processes)
 	$(PY) -m pytest -m "e2e" $(PYTEST_ARGS)
@@ -243,7 +247,7 @@ test-docker: install ## Drive the compose flow against a real Docker engine (PYT
 	PYTHON_IMAGE=$(PYTHON_IMAGE) $(PY) -m pytest -m docker $(PYTEST_ARGS)
 
 LINTED := src tests client scripts bench
-GENERATED_DOCS := docs/operations.md
+GENERATED_DOCS := README.md docs/operations.md
 lint: install ## ruff (lint and format), mypy (strict on src/), the wings' layering contract
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
@@ -252,6 +256,12 @@ lint: install ## ruff (lint and format), mypy (strict on src/), the wings' layer
 
 docs: install ## Regenerate the generated parts of docs/ (cog; a test checks they are current)
 	$(VENV)/bin/cog -r $(GENERATED_DOCS)
+
+# The runtime's own storage tests against our providers (docs/runtime-tests.md):
+# a clone of naylence-runtime-python at the pinned commit; slow, not in CI.
+RUNTIME_REPO ?=
+runtime-tests: $(TEST_PREREQS) ## The runtime's storage tests on memory, encrypted-sqlite and encrypted-postgres (RUNTIME_REPO=<clone>; slow, not in CI)
+	$(PY) scripts/runtime_storage_tests.py --runtime-repo "$(RUNTIME_REPO)" $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
 
 bench: install ## Benchmark: ours vs the runtime's provider, the relay floor, the upstream-shaped agent (ratios, one run; PROFILE=1: where a call's CPU time goes)
 	$(PY) bench/$(if $(filter 1 yes true,$(PROFILE)),profile,run).py $(BENCH_ARGS)

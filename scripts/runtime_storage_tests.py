@@ -34,6 +34,7 @@ imports the Docker SDK and drives a Docker engine.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import inspect
 import io
 import itertools
@@ -70,11 +71,15 @@ IMPORT_LINE = re.compile(
     re.MULTILINE,
 )
 REPLACEMENT = r"\1from runtime_storage_tests import ProviderUnderTest as InMemoryStorageProvider"
-# The runtime's test dependencies that our venv lacks (versions of its poetry.lock).
-EXTRA_TEST_DEPS = ("hypothesis==6.151.9",)
-# The runtime's own [tool.pytest.ini_options], less its coverage options.
+# The runtime's test dependencies that our venv lacks (versions of its poetry.lock),
+# and pytest-timeout: the runtime's tests have no timeouts, and a provider that
+# loses a write can leave one waiting forever.
+EXTRA_TEST_DEPS = ("hypothesis==6.151.9", "pytest-timeout==2.4.0")
+# The runtime's own [tool.pytest.ini_options], less its coverage options, plus
+# a per-test timeout (the slowest test, the sink stress test, takes about 26 s).
 PYTEST_INI = """\
 [pytest]
+timeout = 120
 asyncio_mode = auto
 asyncio_default_fixture_loop_scope = function
 pythonpath = .
@@ -163,27 +168,33 @@ class ProviderUnderTest(StorageProvider):
 
     The tests construct it synchronously and expect it empty; our providers
     are built asynchronously, so the real one is made on the first
-    ``get_kv_store`` and each instance gets storage of its own.
+    ``get_kv_store`` (once, however many callers race for it) and each
+    instance gets storage of its own.
     """
 
     def __init__(self) -> None:
-        self._provider: StorageProvider | None = None
+        self._making: asyncio.Future[StorageProvider] | None = None
         _live.append(self)
 
     async def get_kv_store(self, model_cls: type[V], namespace: str) -> KeyValueStore[V]:
-        if self._provider is None:
-            self._provider = await _make_provider(os.environ.get(PROVIDER_VAR, "memory"))
+        if self._making is None:
+            profile = os.environ.get(PROVIDER_VAR, "memory")
+            self._making = asyncio.ensure_future(_make_provider(profile))
+        provider = await self._making
         _used.setdefault(_current_test, set()).add(namespace)
-        store = await self._provider.get_kv_store(model_cls, namespace)
-        async def forget(key, value):  # SABOTAGE: writes are lost
-            return None
-        store.set = forget
-        return store
+        return await provider.get_kv_store(model_cls, namespace)
 
     async def aclose(self) -> None:
         """Close the real provider, if one was made (sync or async ``close``)."""
-        provider, self._provider = self._provider, None
-        close = getattr(provider, "close", None)
+        making, self._making = self._making, None
+        if making is None:
+            return
+        if not making.done():  # the test ended while it was being made
+            making.cancel()
+            return
+        if making.exception() is not None:
+            return
+        close = getattr(making.result(), "close", None)
         if close is not None:
             result = close()
             if inspect.isawaitable(result):
@@ -212,8 +223,6 @@ def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
 
 # --------------------------------------------------------------- the driver
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def fail(message: str) -> None:
     """One line on stderr and exit 2: the run cannot start as asked."""
@@ -226,13 +235,23 @@ def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(argv, **kwargs)  # noqa: S603
 
 
-def export_tests(repo: Path, dest: Path) -> None:
-    """The runtime's tests/ at the pinned commit, from a clone or mirror of its repository."""
-    git = ["git", "-C", str(repo)]
-    found = run([*git, "cat-file", "-e", f"{PINNED_COMMIT}^{{commit}}"], capture_output=True)
+def check_commit(repo: Path) -> None:
+    """Stop in one line unless *repo* is a clone or mirror holding the pinned commit."""
+    if not repo.is_dir():
+        fail(f"--runtime-repo {repo}: no such directory")
+    found = run(
+        ["git", "-C", str(repo), "cat-file", "-e", f"{PINNED_COMMIT}^{{commit}}"],
+        capture_output=True,
+    )
     if found.returncode != 0:
         fail(f"{repo} has no commit {PINNED_COMMIT} ({PINNED_TAG}); clone the runtime's repository")
-    archive = run([*git, "archive", PINNED_COMMIT, "tests"], capture_output=True, check=True)
+
+
+def export_tests(repo: Path, dest: Path) -> None:
+    """The runtime's tests/ at the pinned commit, from a clone or mirror of its repository."""
+    archive = run(
+        ["git", "-C", str(repo), "archive", PINNED_COMMIT, "tests"], capture_output=True, check=True
+    )
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(dest, filter="data")
 
@@ -382,8 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.runtime_repo:
         fail("set RUNTIME_REPO or --runtime-repo to a clone of naylence-runtime-python")
     repo = Path(args.runtime_repo)
-    if not repo.is_dir():
-        fail(f"--runtime-repo {repo}: no such directory")
+    check_commit(repo)
 
     tmp = Path(tempfile.mkdtemp(prefix="runtime-tests-"))
     # Our PostgreSQL server runs as nobody, who must be able to reach its data.

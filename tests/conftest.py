@@ -210,3 +210,114 @@ def pg_dump(server: PostgresServer, dsn: str) -> str:
     return "\n".join(
         line for line in dump.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))
     )
+
+
+# ---------------------------------------------------------------- speed tiers
+# Every test's tier markers are set here, in one place, from where it lives and
+# what it uses, so that no test file has to carry them (pyproject.toml declares
+# them; `make help` and README's "Tests" name the targets):
+#
+#   e2e       a test under tests/e2e/ (and the few elsewhere marked in their
+#             files): real sentinel and agent processes.
+#   docker    a test under tests/docker/: a real Docker engine.
+#   bench     a test under tests/bench/: measures speed (none yet; `make bench`
+#             runs bench/ itself).
+#   postgres  a test that uses the session's real PostgreSQL server: it asks for
+#             the `postgres` or `shared_dsn` fixture, or one of its parameters is
+#             a PostgreSQL backend (POSTGRES_PARAMS: the backend-parametrised
+#             fixtures ask for the server with request.getfixturevalue). A test
+#             that reaches `shared_dsn` unmarked fails, naming what to add.
+#   slow      a test named in SLOW: measured at SLOW_SECONDS or more (setup,
+#             call and teardown, all its parameters together) with
+#             `pytest --durations=0`.
+#
+# `make test-unit` runs what carries none of these; `make test` all but docker.
+TIER_DIRECTORIES = {"e2e": "e2e", "docker": "docker", "bench": "bench"}
+POSTGRES_FIXTURES = frozenset({"postgres", "shared_dsn"})
+POSTGRES_PARAMS = frozenset({"postgres", "encrypted-postgres"})
+SLOW_SECONDS = 1.0
+# Measured on the 2-core test machine, loaded (`make test`, load average ~3);
+# module::function, every parameter of it. Remeasure and update when a test
+# outside the other tiers grows past SLOW_SECONDS: a stale entry fails the run.
+SLOW = frozenset({
+    "tests/access/test_issuer.py::test_a_restart_keeps_the_key_and_old_tokens_verify",
+    "tests/access/test_issuer.py::test_aiohttp_pins_the_ca_through_ssl_cert_file",
+    "tests/access/test_issuer.py::test_bad_settings_and_missing_files_are_one_line_exit_2",
+    "tests/client/test_cli.py::test_an_out_of_range_by_is_refused_before_connecting",
+    "tests/ops/test_admin_cli.py::test_a_bad_port_setting_is_one_line",
+    "tests/ops/test_admin_cli.py::test_debug_prints_the_chain_the_one_line_hides",
+    "tests/ops/test_admin_cli.py::test_debug_reaches_the_client_local_run_starts",
+    "tests/ops/test_admin_cli.py::test_local_status_with_nothing_running_is_not_an_error",
+    "tests/ops/test_admin_cli.py::test_shared_options_work_after_the_command_too",
+    "tests/ops/test_backup.py::test_restore_refuses_while_a_node_runs",
+    "tests/ops/test_inspection.py::test_verify_and_inspect_after_a_crash_change_no_file",
+    "tests/ops/test_restore_interrupted.py::test_an_unfinished_restore_comes_first_and_finishes_without_an_exchange",
+    "tests/ops/test_restore_interrupted.py::test_restore_killed_at_every_step_refuses_until_a_rerun_finishes_it",
+    "tests/ops/test_rotation.py::test_rotate_key_killed_at_every_step_finishes_on_a_rerun",
+    "tests/ops/test_rotation.py::test_rotate_key_refuses_a_database_lost_from_its_keyring",
+    "tests/ops/test_rotation.py::test_rotate_key_refuses_while_a_node_runs",
+    "tests/storage/test_backend_conformance.py::test_the_protocol_the_sealing_and_the_agent_state_load_no_database_driver",
+    "tests/storage/test_crash_leftovers.py::test_wrong_key_after_a_crash_changes_no_file",
+    "tests/storage/test_shared_state.py::test_an_unreachable_server_is_one_clear_line",
+    "tests/test_docs.py::test_generated_text_in_the_docs_is_current",
+    "tests/test_makefile.py::test_local_run_with_nothing_running_names_the_target_that_starts_it",
+    "tests/test_makefile.py::test_local_status_with_nothing_running_ends_without_makes_error",
+    "tests/test_scripts.py::test_find_error_digs_through_wrapping",
+})  # fmt: skip
+
+
+def tier_markers(item: pytest.Item) -> set[str]:
+    """The tier markers *item* earns by the rules above."""
+    tests = REPO / "tests"
+    where = item.path.relative_to(tests).parts[0] if item.path.is_relative_to(tests) else ""
+    tiers = {tier for tier, top in TIER_DIRECTORIES.items() if where == top}
+    fixtures = set(getattr(item, "fixturenames", ()))
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params.values() if callspec is not None else ()
+    if fixtures & POSTGRES_FIXTURES or any(
+        isinstance(p, str) and p in POSTGRES_PARAMS for p in params
+    ):
+        tiers.add("postgres")
+    if item.nodeid.split("[")[0] in SLOW:
+        tiers.add("slow")
+    return tiers
+
+
+def stale_slow_entries(config: pytest.Config, items: list[pytest.Item]) -> list[str]:
+    """SLOW entries that name no test: their file is gone, or it was collected
+    without them. Checked only when pytest collects tests/ as a whole (`make
+    test`, `make test-unit`): a run of one file or one test cannot tell."""
+    if config.args_source is not pytest.Config.ArgsSource.TESTPATHS:
+        return []
+    collected = {item.nodeid.split("[")[0] for item in items}
+    modules = {name.split("::")[0] for name in collected}
+    return sorted(
+        entry
+        for entry in SLOW - collected
+        if entry.split("::")[0] in modules or not (REPO / entry.split("::")[0]).is_file()
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its tiers before `-m` selects among them."""
+    stale = stale_slow_entries(config, items)
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py SLOW names no test: {', '.join(stale)}")
+    for item in items:
+        for tier in sorted(tier_markers(item)):
+            item.add_marker(tier)
+
+
+def pytest_fixture_setup(
+    fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest
+) -> None:
+    """A test that reaches PostgreSQL without the `postgres` marker fails at once:
+    the rules above missed it (a new backend parameter's name, say), and the
+    fast tier would start the server."""
+    if fixturedef.argname == "shared_dsn" and request.node.get_closest_marker("postgres") is None:
+        pytest.fail(
+            f"{request.node.nodeid} uses PostgreSQL without the postgres marker: name its"
+            " parameter in POSTGRES_PARAMS (tests/conftest.py)",
+            pytrace=False,
+        )

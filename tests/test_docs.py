@@ -18,7 +18,8 @@ from .conftest import REPO, bare_copy
 from .test_makefile import documented_targets
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-GENERATED = [REPO / "docs" / "operations.md"]
+# Every file with a cog block (the variable tables in README.md included).
+GENERATED = [REPO / "README.md", REPO / "docs" / "operations.md"]
 
 
 def _all_docs() -> str:
@@ -53,7 +54,7 @@ def test_every_admin_command_has_help_with_an_example_and_a_make_target() -> Non
 
 
 def test_generated_text_in_the_docs_is_current() -> None:
-    """The target table and the CLI help in docs/ are what `make docs` writes today."""
+    """The target table, the CLI help and the variable tables are what `make docs` writes."""
     result = subprocess.run(
         [sys.executable, "-m", "cogapp", "--check", *map(str, GENERATED)],
         cwd=REPO,
@@ -62,6 +63,13 @@ def test_generated_text_in_the_docs_is_current() -> None:
         check=False,
     )
     assert result.returncode == 0, "run `make docs`: " + result.stdout + result.stderr
+
+
+def test_every_cog_block_is_checked() -> None:
+    """A doc with generated text (a ``[[[cog`` block) is one the check above runs on."""
+    with_blocks = [p for p in DOCS if "[[[cog" in p.read_text()]
+    assert REPO / "README.md" in with_blocks
+    assert [p for p in with_blocks if p not in GENERATED] == []
 
 
 def test_the_package_docstring_names_every_module() -> None:

@@ -54,6 +54,7 @@ NEEDS: dict[str, set[str]] = {
     "test-docker": {"install"},
     "lint": {"install"},
     "bench": {"install"},
+    "runtime-tests": {"install"},
     "docs": {"install"},
     "clean": set(),
 }

@@ -5,7 +5,9 @@ above it in this list (``make lint`` checks it; ``access`` and ``storage``
 are side by side and import neither the other), then the agent's entry point.
 
 - ``errors``: every user-facing error, one line each, and how it is printed;
-  ``addresses``: which hosts are loopback (what may travel in plaintext).
+  ``addresses``: which hosts are loopback (what may travel in plaintext);
+  ``settings``: every environment variable, its type, default and doc, read
+  through one typed accessor (just above ``errors``, standard library only).
 - ``keys/``: the master key and what it guards.
   ``keys.secret_files``: writing files that hold secrets, atomically;
   ``keys.master_key``: parsing, generating, reading the key file;
@@ -33,7 +35,9 @@ are side by side and import neither the other), then the agent's entry point.
   ``storage.sealing``: AES-GCM rows and HMAC'd names, with no database driver;
   ``storage.sqlcipher_backend``: the node's SQLCipher files as such a backend;
   ``storage.shared_state``: the state replicas share in PostgreSQL, encrypted;
-  ``storage.shared_provider``: a replica's own files plus the shared state.
+  ``storage.shared_provider``: a replica's own files plus the shared state;
+  ``storage.events``: the storage-events hook (observations, change records);
+  ``storage.registry``: the backends by profile name, loaded when chosen.
 - ``node/``: what runs inside the node processes.
   ``node.serving``: settings, preflight, serving (both node entry points);
   ``node.agent``: ``PersistentAgent`` and its state model;

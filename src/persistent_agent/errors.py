@@ -252,6 +252,8 @@ _SECRET_FORMS = (
     re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE),
     re.compile(r"(://[^:/@\s]*:)[^@\s]*(?=@)"),
     re.compile(r"()\b[0-9a-fA-F]{64}\b"),  # a master key's form (a hash's too)
+    # pydantic quotes what failed to validate, which may be a stored value.
+    re.compile(r"(input_value=)('[^']*'|\"[^\"]*\"|\S+)"),
 )
 REDACTED = "<redacted>"
 # Python's own words between the links of a chain.

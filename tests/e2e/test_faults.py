@@ -64,12 +64,23 @@ def verify_ok(nodes: LocalNodes) -> None:
     assert [r.line() for r in reports if r.problem] == []
 
 
+def crash_rounds() -> int:
+    """How many kill -9 rounds: PERSISTENT_AGENT_CRASH_ROUNDS (default 20), so a
+    quick run can take fewer and a soak many more, with the same crash points."""
+    text = os.environ.get("PERSISTENT_AGENT_CRASH_ROUNDS", "").strip() or "20"
+    if not text.isdigit() or int(text) < 1:
+        pytest.fail(f"PERSISTENT_AGENT_CRASH_ROUNDS must be a whole number >= 1, not {text!r}")
+    return int(text)
+
+
 def test_kill_9_during_writes_loses_no_acknowledged_value(nodes: LocalNodes) -> None:
-    """20 times: kill -9 the agent mid-stream; the last acknowledged value survives."""
+    """20 times (PERSISTENT_AGENT_CRASH_ROUNDS): kill -9 the agent mid-stream; the
+    last acknowledged value survives."""
+    rounds = crash_rounds()
     nodes.start_all()
     rng = random.Random(7)  # noqa: S311 - reproducible crash points, not crypto
     next_value, crashes, acked_total, lost = 0, 0, 0, 0
-    for _ in range(20):
+    for _ in range(rounds):
         with subprocess.Popen(
             [sys.executable, "-m", "tests.e2e.driver", "stream", str(next_value)],
             cwd=REPO,

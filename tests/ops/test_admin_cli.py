@@ -155,12 +155,13 @@ def _hidden(inner: str, line: str) -> ConfigError:
 def test_debug_chain_blanks_secrets(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Secrets a library quotes (a DSN's password, a hex key, a secret variable) are blanked."""
+    """Secrets a library quotes (a DSN's password, a hex key, a secret variable, the
+    input pydantic failed to validate) are blanked."""
     key = "ab" * 32
     monkeypatch.setenv("SOME_SERVICE_TOKEN", "tok-4f1a9c2e77")
     error = _hidden(
         "host=db password=hunter2hunter port=5 postgresql://agent:pw-in-url@db/x "
-        f"key {key} token tok-4f1a9c2e77",
+        f"key {key} token tok-4f1a9c2e77 [input_value='stored-value-9c1f', input_type=str]",
         "FAME_STORAGE_POSTGRES_DSN is not valid",
     )
     monkeypatch.setenv("PERSISTENT_AGENT_DEBUG", "1")
@@ -168,9 +169,9 @@ def test_debug_chain_blanks_secrets(
     text = capsys.readouterr().err
     assert "ValueError: host=db password=" in text
     assert "ConfigError: FAME_STORAGE_POSTGRES_DSN is not valid" in text
-    for secret in ("hunter2hunter", "pw-in-url", key, "tok-4f1a9c2e77"):
+    for secret in ("hunter2hunter", "pw-in-url", key, "tok-4f1a9c2e77", "stored-value-9c1f"):
         assert secret not in text
-    assert text.count(REDACTED) == 4
+    assert text.count(REDACTED) == 5
     assert text.endswith("x: error: FAME_STORAGE_POSTGRES_DSN is not valid\n")
     assert debug_chain(error) in text
 

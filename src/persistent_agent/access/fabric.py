@@ -28,22 +28,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from persistent_agent import settings as registry
 from persistent_agent.access.authorizer import AUTHORIZER_TYPE, REFUSAL_PREFIX, REQUIRED_SCOPE
 from persistent_agent.addresses import loopback
 from persistent_agent.errors import ConfigError, find_cause
 
-SECURITY_VAR = "PERSISTENT_AGENT_FABRIC_SECURITY"
-CA_FILE_VAR = "PERSISTENT_AGENT_CA_FILE"
-TLS_CERT_VAR = "PERSISTENT_AGENT_TLS_CERT_FILE"
-TLS_KEY_VAR = "PERSISTENT_AGENT_TLS_KEY_FILE"
-SECRET_FILE_VAR = "PERSISTENT_AGENT_CLIENT_SECRET_FILE"  # noqa: S105 - a setting's name
-CLIENT_ID_VAR = "FAME_ADMISSION_CLIENT_ID"
-TOKEN_URL_VAR = "FAME_ADMISSION_TOKEN_URL"  # noqa: S105 - a setting's name
-ISSUER_VAR = "FAME_JWT_TRUSTED_ISSUER"
-AUDIENCE_VAR = "FAME_JWT_AUDIENCE"
-ADMISSION_URL_VAR = "FAME_DIRECT_ADMISSION_URL"
-IDENTITY_PROFILE_VAR = "FAME_NODE_IDENTITY_PROFILE"
-DEFAULT_AUDIENCE = "fame.fabric"
+SECURITY_VAR = registry.PERSISTENT_AGENT_FABRIC_SECURITY.name
+CA_FILE_VAR = registry.PERSISTENT_AGENT_CA_FILE.name
+TLS_CERT_VAR = registry.PERSISTENT_AGENT_TLS_CERT_FILE.name
+TLS_KEY_VAR = registry.PERSISTENT_AGENT_TLS_KEY_FILE.name
+SECRET_FILE_VAR = registry.PERSISTENT_AGENT_CLIENT_SECRET_FILE.name
+CLIENT_ID_VAR = registry.FAME_ADMISSION_CLIENT_ID.name
+TOKEN_URL_VAR = registry.FAME_ADMISSION_TOKEN_URL.name
+ISSUER_VAR = registry.FAME_JWT_TRUSTED_ISSUER.name
+AUDIENCE_VAR = registry.FAME_JWT_AUDIENCE.name
+ADMISSION_URL_VAR = registry.FAME_DIRECT_ADMISSION_URL.name
+IDENTITY_PROFILE_VAR = registry.FAME_NODE_IDENTITY_PROFILE.name
+DEFAULT_AUDIENCE = registry.FAME_JWT_AUDIENCE.default
 # The settings that name files, taken from the env file's directory when relative.
 PATH_SETTINGS = (CA_FILE_VAR, TLS_CERT_VAR, TLS_KEY_VAR, SECRET_FILE_VAR)
 # Where a process looks for system roots when it pins the CA: nowhere.
@@ -52,10 +53,7 @@ _NO_SYSTEM_ROOTS = "/nonexistent/persistent-agent-pins-its-ca"
 
 def secure() -> bool:
     """Whether the fabric is secured (the default); ``off`` is the documented opt-out."""
-    value = os.environ.get(SECURITY_VAR, "on").strip().lower()
-    if value not in ("on", "off"):
-        raise ConfigError(f"{SECURITY_VAR}={value!r}: use on (the default) or off")
-    return value == "on"
+    return registry.PERSISTENT_AGENT_FABRIC_SECURITY.value() == "on"
 
 
 def check_insecure_host(host: str, what: str) -> None:
@@ -67,17 +65,17 @@ def check_insecure_host(host: str, what: str) -> None:
         )
 
 
-def _setting(name: str) -> str:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        raise ConfigError(f"{name} is not set; run `make access` (see docs/security.md)")
-    return value
+_MAKE_ACCESS = "run `make access` (see docs/security.md)"
 
 
-def _file_setting(name: str) -> Path:
-    path = Path(_setting(name))
+def _setting(setting: registry.Setting[str | None]) -> str:
+    return setting.required(hint=_MAKE_ACCESS)
+
+
+def _file_setting(setting: registry.Setting[Path | None]) -> Path:
+    path = setting.required(hint=_MAKE_ACCESS)
     if not path.is_file():
-        raise ConfigError(f"{name}={path}: no such file; run `make access`")
+        raise ConfigError(f"{setting.name}={path}: no such file; run `make access`")
     return path
 
 
@@ -89,12 +87,15 @@ def pin_ca() -> None:
     ``ssl.create_default_context()``, whose roots come from ``SSL_CERT_FILE``
     and ``SSL_CERT_DIR``: the CA file, and a directory that does not exist.
     """
-    os.environ.update(pinned_roots(_file_setting(CA_FILE_VAR)))
+    os.environ.update(pinned_roots(_file_setting(registry.PERSISTENT_AGENT_CA_FILE)))
 
 
 def pinned_roots(ca_file: Path) -> dict[str, str]:
     """The environment that makes OpenSSL trust *ca_file* and no system root."""
-    return {"SSL_CERT_FILE": str(ca_file.resolve()), "SSL_CERT_DIR": _NO_SYSTEM_ROOTS}
+    return {
+        registry.SSL_CERT_FILE.name: str(ca_file.resolve()),
+        registry.SSL_CERT_DIR.name: _NO_SYSTEM_ROOTS,
+    }
 
 
 def check_url(name: str, url: str) -> None:
@@ -114,7 +115,8 @@ def server_tls() -> tuple[str, str] | None:
     """The sentinel's certificate and key files, or None with security off."""
     if not secure():
         return None
-    return str(_file_setting(TLS_CERT_VAR)), str(_file_setting(TLS_KEY_VAR))
+    cert = _file_setting(registry.PERSISTENT_AGENT_TLS_CERT_FILE)
+    return str(cert), str(_file_setting(registry.PERSISTENT_AGENT_TLS_KEY_FILE))
 
 
 def admission_config() -> dict[str, Any]:
@@ -125,13 +127,13 @@ def admission_config() -> dict[str, Any]:
     """
     from persistent_agent.access.factories import CREDENTIAL_PROVIDER_TYPE
 
-    url = _setting(ADMISSION_URL_VAR)
+    url = _setting(registry.FAME_DIRECT_ADMISSION_URL)
     check_url(ADMISSION_URL_VAR, url)
     if not secure():
         return {"type": "AdmissionProfile", "profile": "open"}
-    token_url = _setting(TOKEN_URL_VAR)
+    token_url = _setting(registry.FAME_ADMISSION_TOKEN_URL)
     check_url(TOKEN_URL_VAR, token_url)
-    secret_file = _file_setting(SECRET_FILE_VAR)
+    secret_file = _file_setting(registry.PERSISTENT_AGENT_CLIENT_SECRET_FILE)
     return {
         "type": "DirectAdmissionClient",
         "connection_grants": [
@@ -144,14 +146,14 @@ def admission_config() -> dict[str, Any]:
                     "token_provider": {
                         "type": "OAuth2ClientCredentialsTokenProvider",
                         "token_url": token_url,
-                        "client_id": _setting(CLIENT_ID_VAR),
+                        "client_id": _setting(registry.FAME_ADMISSION_CLIENT_ID),
                         "client_secret": {
                             "type": CREDENTIAL_PROVIDER_TYPE,
                             "path": str(secret_file.resolve()),
                             "setting": SECRET_FILE_VAR,
                         },
                         "scopes": [REQUIRED_SCOPE],
-                        "audience": os.environ.get(AUDIENCE_VAR) or DEFAULT_AUDIENCE,
+                        "audience": registry.FAME_JWT_AUDIENCE.value(),
                     },
                 },
                 "ttl": 0,
@@ -183,14 +185,14 @@ def sentinel_security() -> dict[str, Any]:
     from naylence.fame.security.node_security_profile_factory import GATED_PROFILE
 
     pin_ca()
-    issuer = _setting(ISSUER_VAR)
+    issuer = _setting(registry.FAME_JWT_TRUSTED_ISSUER)
     check_url(ISSUER_VAR, issuer)
     security: dict[str, Any] = copy.deepcopy(GATED_PROFILE)
     security["authorizer"] = {
         "type": AUTHORIZER_TYPE,
         "issuer": issuer,
-        "audience": os.environ.get(AUDIENCE_VAR) or DEFAULT_AUDIENCE,
-        "ca_file": str(_file_setting(CA_FILE_VAR).resolve()),
+        "audience": registry.FAME_JWT_AUDIENCE.value(),
+        "ca_file": str(_file_setting(registry.PERSISTENT_AGENT_CA_FILE).resolve()),
     }
     return security
 
@@ -228,16 +230,17 @@ def refusal(exc: BaseException) -> str | None:
             detail = json.loads(body).get("error", "")
         except (ValueError, AttributeError):
             detail = ""
-        who = os.environ.get(CLIENT_ID_VAR, "?")
+        who = registry.FAME_ADMISSION_CLIENT_ID.raw() or "?"
         return (
             f"the token issuer refused credential {who!r} (HTTP {status.strip()}"
             f"{', ' + detail if detail else ''}); check {SECRET_FILE_VAR}, or give it a new "
             "secret with `make rotate-credentials`"
         )
     if "CERTIFICATE_VERIFY_FAILED" in _chain_text(exc):
+        ca_file = registry.PERSISTENT_AGENT_CA_FILE.raw() or ""
         return (
             f"a server's TLS certificate is not signed by the project CA "
-            f"({CA_FILE_VAR}={os.environ.get(CA_FILE_VAR, '')}): certificate verify failed"
+            f"({CA_FILE_VAR}={ca_file}): certificate verify failed"
         )
     text = _chain_text(exc)
     if REFUSAL_PREFIX in text:

@@ -56,21 +56,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from persistent_agent import settings as registry
 from persistent_agent.access import pki
 from persistent_agent.access.credentials import REGISTRY, Registry, load_registry, valid_client_id
 from persistent_agent.access.handshakes import log_refused_handshakes
 from persistent_agent.errors import ConfigError, PersistentAgentError, report
 
 NAME = "persistent-agent-issuer"
-ACCESS_DIR_VAR = "PERSISTENT_AGENT_ACCESS_DIR"
-HOST_VAR = "PERSISTENT_AGENT_ISSUER_HOST"
-PORT_VAR = "PERSISTENT_AGENT_ISSUER_PORT"
-ISSUER_VAR = "FAME_JWT_TRUSTED_ISSUER"
-AUDIENCE_VAR = "FAME_JWT_AUDIENCE"
-TTL_VAR = "PERSISTENT_AGENT_TOKEN_TTL_SECONDS"
-READY_FILE_VAR = "PERSISTENT_AGENT_READY_FILE"
+ACCESS_DIR_VAR = registry.PERSISTENT_AGENT_ACCESS_DIR.name
+HOST_VAR = registry.PERSISTENT_AGENT_ISSUER_HOST.name
+PORT_VAR = registry.PERSISTENT_AGENT_ISSUER_PORT.name
+ISSUER_VAR = registry.FAME_JWT_TRUSTED_ISSUER.name
+AUDIENCE_VAR = registry.FAME_JWT_AUDIENCE.name
+TTL_VAR = registry.PERSISTENT_AGENT_TOKEN_TTL_SECONDS.name
+READY_FILE_VAR = registry.PERSISTENT_AGENT_READY_FILE.name
 HEARTBEAT_SECONDS = 2.0
-LOG_LEVEL_VAR = "FAME_LOG_LEVEL"
+LOG_LEVEL_VAR = registry.FAME_LOG_LEVEL.name
 SCOPE = "node.connect"
 ALGORITHM = "ES256"
 MAX_FAILURES = 5
@@ -97,35 +98,22 @@ class Settings:
     ready_file: Path | None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Settings from *env*; a missing or bad value is one line naming its variable."""
-        raw_dir = env.get(ACCESS_DIR_VAR, "").strip()
-        if not raw_dir:
-            raise ConfigError(f"{ACCESS_DIR_VAR} is not set: point it at the access directory")
-        port = _integer(env, PORT_VAR, 8443, 0, 65535)
-        ready = env.get(READY_FILE_VAR, "").strip()
-        return cls(
-            access_dir=Path(raw_dir),
-            host=env.get(HOST_VAR, "").strip() or "127.0.0.1",
-            port=port,
-            issuer=env.get(ISSUER_VAR, "").strip() or f"https://127.0.0.1:{port}",
-            audience=env.get(AUDIENCE_VAR, "").strip() or "fame.fabric",
-            ttl=_integer(env, TTL_VAR, 300, 1, MAX_TTL),
-            ready_file=Path(ready) if ready else None,
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from *env* (default: the environment); a missing or bad value is one
+        line naming its variable."""
+        access_dir = registry.PERSISTENT_AGENT_ACCESS_DIR.required(
+            env, hint="point it at the access directory"
         )
-
-
-def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be a whole number from {low} to {high}, not {raw!r}")
-    return value
+        port = registry.PERSISTENT_AGENT_ISSUER_PORT.value(env)
+        return cls(
+            access_dir=access_dir,
+            host=registry.PERSISTENT_AGENT_ISSUER_HOST.value(env),
+            port=port,
+            issuer=registry.FAME_JWT_TRUSTED_ISSUER.value(env) or f"https://127.0.0.1:{port}",
+            audience=registry.FAME_JWT_AUDIENCE.value(env),
+            ttl=registry.PERSISTENT_AGENT_TOKEN_TTL_SECONDS.value(env),
+            ready_file=registry.PERSISTENT_AGENT_READY_FILE.value(env),
+        )
 
 
 # ---------------------------------------------------------------- the signing key
@@ -488,7 +476,7 @@ def _setup_logging() -> None:
     handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {NAME}: %(message)s"))
     log.addHandler(handler)
     log.propagate = False
-    level = os.environ.get(LOG_LEVEL_VAR, "info").upper()
+    level = (registry.FAME_LOG_LEVEL.value() or "info").upper()
     log.setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
@@ -537,7 +525,7 @@ def main() -> None:
     """Entry point of ``persistent-agent-issuer``: serve until SIGINT or SIGTERM."""
     _setup_logging()
     try:
-        settings = Settings.from_env(os.environ)
+        settings = Settings.from_env()
         _check_files(settings.access_dir)
         server = _server(settings, create_app(settings))
         sock = _bind(settings)

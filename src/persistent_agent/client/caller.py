@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from persistent_agent import AGENT_ADDR
+from persistent_agent import AGENT_ADDR, settings
 from persistent_agent.access.fabric import refusal
 from persistent_agent.client import failures
 from persistent_agent.client.failures import Kind
@@ -47,7 +47,7 @@ def use_unique_node_id() -> None:
     rebinds the route to whichever attached last: the other's replies go astray
     and its calls time out. FAME_NODE_ID_SALT is the runtime's knob for this.
     """
-    os.environ.setdefault("FAME_NODE_ID_SALT", f"client-{uuid.uuid4().hex}")
+    os.environ.setdefault(settings.FAME_NODE_ID_SALT.name, f"client-{uuid.uuid4().hex}")
 
 
 def format_state(state: Any) -> str:
@@ -66,7 +66,7 @@ def now_millis() -> str:
 
 def admission_url() -> str:
     """The sentinel's address, FAME_DIRECT_ADMISSION_URL: a local setting, checked first."""
-    url = os.environ.get(link.ADMISSION_URL_VAR, "")
+    url = settings.FAME_DIRECT_ADMISSION_URL.value()
     if not url:
         raise ConfigError(
             f"{link.ADMISSION_URL_VAR} is not set; it names the sentinel to call "

@@ -20,10 +20,10 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from persistent_agent import __version__
+from persistent_agent import __version__, settings
 from persistent_agent.client import failures, retry
 from persistent_agent.errors import report
-from persistent_agent.node import link, logs, serving
+from persistent_agent.node import logs, serving
 
 PROG = "persistent-agent-client"
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, None]]
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         # Retries would log connection warnings; the one line we print if all
         # fail is enough. Set before the runtime's logging is first imported
         # (logs.install), which reads FAME_LOG_LEVEL then.
-        os.environ.setdefault(serving.LOG_LEVEL_VAR, "critical")
+        os.environ.setdefault(settings.FAME_LOG_LEVEL.name, "critical")
         logs.install()
         asyncio.run(command(args))
     except Exception as error:  # ours or not: one line, labelled by where it came from
@@ -104,4 +104,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sentinel() -> str:
-    return os.environ.get(link.ADMISSION_URL_VAR) or "the sentinel"
+    return settings.FAME_DIRECT_ADMISSION_URL.value() or "the sentinel"

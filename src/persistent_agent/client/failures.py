@@ -21,11 +21,10 @@ in :data:`RUNTIME_TEXTS`, the one table of texts the client matches.
 from __future__ import annotations
 
 import enum
-import os
 import socket
 from dataclasses import dataclass
 
-from persistent_agent import AGENT_ADDR
+from persistent_agent import AGENT_ADDR, settings
 from persistent_agent.errors import (
     AgentOverloadedError,
     ClientCallError,
@@ -213,13 +212,13 @@ def nothing_running(exc: BaseException, url: str) -> tuple[str, str] | None:
     return None
 
 
-START_HINT_VAR = "PERSISTENT_AGENT_START_HINT"
+START_HINT_VAR = settings.PERSISTENT_AGENT_START_HINT.name
 
 
 def start_hint() -> str:
     """The command that starts the nodes this client talks to (set by the launchers),
     each command in its own backticks."""
-    hint = os.environ.get(START_HINT_VAR)
+    hint = settings.PERSISTENT_AGENT_START_HINT.value()
     return f"`{hint}`" if hint else "`make start` (Docker) or `make local-start`"
 
 

@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from persistent_agent import AGENT_ADDR
+from persistent_agent import AGENT_ADDR, settings
 from persistent_agent.client import failures
 from persistent_agent.client.caller import use_unique_node_id
 from persistent_agent.client.retry import Attempt, RetriesExhausted, RetryPolicy, increment_policy
 from persistent_agent.errors import ServiceUnavailableError
-from persistent_agent.node import link
 
 
 @dataclass
@@ -77,7 +75,7 @@ async def increment(agent: Any, n: int, tally: Tally, policy: RetryPolicy | None
             f"(last: {failures.brief(exhausted.last)})"
         ) from None
     except Exception as exc:
-        url = os.environ.get(link.ADMISSION_URL_VAR, "the sentinel")
+        url = settings.FAME_DIRECT_ADMISSION_URL.value() or "the sentinel"
         raise failures.label(exc, url) from None
     tally.acknowledged += 1
     tally.served[str(result["replica"])] += 1

@@ -21,15 +21,14 @@ found", a missing setting, a bug) fails at once.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from persistent_agent import settings
 from persistent_agent.client.failures import Kind, classify
-from persistent_agent.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -158,38 +157,26 @@ class RetryPolicy:
             await asyncio.sleep(pause)
 
 
-CLIENT_TIMEOUT_VAR = "CLIENT_TIMEOUT_SECONDS"
-DEFAULT_CLIENT_TIMEOUT = 30.0
+CLIENT_TIMEOUT_VAR = settings.CLIENT_TIMEOUT_SECONDS.name
+DEFAULT_CLIENT_TIMEOUT = settings.CLIENT_TIMEOUT_SECONDS.default
 # A call sent while the sentinel still routes to an agent's previous, dead
 # connection is lost rather than refused; without a per-call limit it would
 # wait out the runtime's 30 s RPC timeout and use up the whole budget.
 CALL_TIMEOUT = 5.0
 
-INCREMENT_DEADLINE_VAR = "INCREMENT_DEADLINE_SECONDS"
+INCREMENT_DEADLINE_VAR = settings.INCREMENT_DEADLINE_SECONDS.name
 # Far below the agent's request window (storage.provider.REQUEST_WINDOW_SECONDS):
 # a retry must reach the agent while it still remembers the request id.
-INCREMENT_DEADLINE = 120.0
+INCREMENT_DEADLINE = settings.INCREMENT_DEADLINE_SECONDS.default
 INCREMENT_CALL_TIMEOUT = 3.0
 
 
 def call_policy() -> RetryPolicy:
     """The seed's session: retried until CLIENT_TIMEOUT_SECONDS (default 30)."""
-    return RetryPolicy(
-        deadline=_seconds(CLIENT_TIMEOUT_VAR, DEFAULT_CLIENT_TIMEOUT), call_timeout=CALL_TIMEOUT
-    )
+    return RetryPolicy(deadline=settings.CLIENT_TIMEOUT_SECONDS.value(), call_timeout=CALL_TIMEOUT)
 
 
 def increment_policy() -> RetryPolicy:
     """One increment: retried until INCREMENT_DEADLINE_SECONDS, at most the default."""
-    allowed = min(
-        max(_seconds(INCREMENT_DEADLINE_VAR, INCREMENT_DEADLINE), 0.1), INCREMENT_DEADLINE
-    )
+    allowed = min(max(settings.INCREMENT_DEADLINE_SECONDS.value(), 0.1), INCREMENT_DEADLINE)
     return RetryPolicy(deadline=allowed, call_timeout=INCREMENT_CALL_TIMEOUT)
-
-
-def _seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds") from None

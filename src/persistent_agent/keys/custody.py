@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from persistent_agent import settings as registry
 from persistent_agent.errors import MasterKeyError
 from persistent_agent.keys.keyring import KeyWrapper, LocalWrapper
 from persistent_agent.keys.master_key import (
@@ -22,7 +23,7 @@ from persistent_agent.keys.master_key import (
     load_master_key,
 )
 
-KEY_SERVICES = ("vault",)
+KEY_SERVICES = registry.FAME_STORAGE_KEY_SERVICE.choices
 
 # Every setting that says where the key is; nodes read them from their
 # environment, tools from the nodes' env files.
@@ -30,17 +31,25 @@ SETTINGS = (
     ENV_VAR,
     FILE_ENV_VAR,
     KEY_SERVICE_VAR,
-    "FAME_STORAGE_TRANSIT_KEY",
-    "VAULT_ADDR",
-    "VAULT_CACERT",
-    "VAULT_TOKEN_FILE",
+    registry.FAME_STORAGE_TRANSIT_KEY.name,
+    registry.VAULT_ADDR.name,
+    registry.VAULT_CACERT.name,
+    registry.VAULT_TOKEN_FILE.name,
 )
 # The shared state of the encrypted-postgres profile (storage/shared_state.py):
 # where the server is, and the file holding its password.
-POSTGRES_DSN_VAR = "FAME_STORAGE_POSTGRES_DSN"
-POSTGRES_PASSWORD_FILE_VAR = "FAME_STORAGE_POSTGRES_PASSWORD_FILE"  # noqa: S105 - a name
+POSTGRES_DSN_VAR = registry.FAME_STORAGE_POSTGRES_DSN.name
+POSTGRES_PASSWORD_FILE_VAR = registry.FAME_STORAGE_POSTGRES_PASSWORD_FILE.name
 # The settings that name files: relative to the env file that sets them.
-PATH_SETTINGS = (FILE_ENV_VAR, "VAULT_CACERT", "VAULT_TOKEN_FILE", POSTGRES_PASSWORD_FILE_VAR)
+PATH_SETTINGS = tuple(
+    s.name
+    for s in (
+        registry.FAME_STORAGE_MASTER_KEY_FILE,
+        registry.VAULT_CACERT,
+        registry.VAULT_TOKEN_FILE,
+        registry.FAME_STORAGE_POSTGRES_PASSWORD_FILE,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -65,16 +74,24 @@ def key_source(settings: Mapping[str, str | None], *, base: Path | None = None) 
 
     Relative paths are taken from *base* when given (the env file's directory).
     """
-    service = settings.get(KEY_SERVICE_VAR) or None
+    service = registry.FAME_STORAGE_KEY_SERVICE.raw(settings)
     if service is None:
-        master = load_master_key(settings.get(ENV_VAR), settings.get(FILE_ENV_VAR), base=base)
+        master = load_master_key(
+            registry.FAME_STORAGE_MASTER_KEY.raw(settings),
+            registry.FAME_STORAGE_MASTER_KEY_FILE.raw(settings),
+            base=base,
+        )
         return KeySource.local(master)
     if service not in KEY_SERVICES:
         raise MasterKeyError(
             f"{KEY_SERVICE_VAR}={service!r} is not a key service this project knows; "
             f"use {' or '.join(KEY_SERVICES)}, or unset it to use a local master key"
         )
-    local = [name for name in (ENV_VAR, FILE_ENV_VAR) if settings.get(name)]
+    local = [
+        s.name
+        for s in (registry.FAME_STORAGE_MASTER_KEY, registry.FAME_STORAGE_MASTER_KEY_FILE)
+        if s.is_set(settings)
+    ]
     if local:
         raise MasterKeyError(
             f"both {KEY_SERVICE_VAR}={service} and {local[0]} are set; the key comes from "

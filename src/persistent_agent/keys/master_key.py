@@ -17,17 +17,18 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from persistent_agent import settings
 from persistent_agent.errors import KeyFileExposedError, MasterKeyError
 from persistent_agent.keys.secret_files import write_private
 
 KEY_BYTES = 32
-ENV_VAR = "FAME_STORAGE_MASTER_KEY"
-FILE_ENV_VAR = ENV_VAR + "_FILE"
+ENV_VAR = settings.FAME_STORAGE_MASTER_KEY.name
+FILE_ENV_VAR = settings.FAME_STORAGE_MASTER_KEY_FILE.name
 # Set by rotate-key before version 0.2 while it ran; a config that still has it
 # was interrupted there.
-NEXT_ENV_VAR = ENV_VAR + "_NEXT"
+NEXT_ENV_VAR = settings.FAME_STORAGE_MASTER_KEY_NEXT.name
 # Set instead of the two above when a key service holds the key (keys/custody.py).
-KEY_SERVICE_VAR = "FAME_STORAGE_KEY_SERVICE"
+KEY_SERVICE_VAR = settings.FAME_STORAGE_KEY_SERVICE.name
 
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 

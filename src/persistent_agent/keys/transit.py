@@ -24,12 +24,13 @@ import hvac.exceptions
 import requests
 from cryptography.exceptions import InvalidTag
 
+from persistent_agent import settings as registry
 from persistent_agent.errors import KeyFileExposedError, KeyServiceError, MasterKeyError
 
-TRANSIT_KEY_VAR = "FAME_STORAGE_TRANSIT_KEY"
-ADDR_VAR = "VAULT_ADDR"
-CACERT_VAR = "VAULT_CACERT"
-TOKEN_FILE_VAR = "VAULT_TOKEN_FILE"  # noqa: S105 - a variable name, not a token
+TRANSIT_KEY_VAR = registry.FAME_STORAGE_TRANSIT_KEY.name
+ADDR_VAR = registry.VAULT_ADDR.name
+CACERT_VAR = registry.VAULT_CACERT.name
+TOKEN_FILE_VAR = registry.VAULT_TOKEN_FILE.name
 MOUNT = "transit"
 TIMEOUT_SECONDS = 10
 
@@ -49,16 +50,24 @@ class TransitWrapper:
     def from_settings(
         cls, settings: Mapping[str, str | None], *, base: Path | None = None
     ) -> TransitWrapper:
+        addr = registry.VAULT_ADDR.raw(settings)
+        key_name = registry.FAME_STORAGE_TRANSIT_KEY.raw(settings)
+        token_file = registry.VAULT_TOKEN_FILE.raw(settings)
         missing = [
-            name for name in (ADDR_VAR, TRANSIT_KEY_VAR, TOKEN_FILE_VAR) if not settings.get(name)
-        ]
-        if missing:
-            raise MasterKeyError(
-                f"FAME_STORAGE_KEY_SERVICE=vault needs {', '.join(missing)} as well"
+            name
+            for name, found in (
+                (ADDR_VAR, addr),
+                (TRANSIT_KEY_VAR, key_name),
+                (TOKEN_FILE_VAR, token_file),
             )
-        addr, key_name = str(settings[ADDR_VAR]), str(settings[TRANSIT_KEY_VAR])
-        token = _read_token(_path(str(settings[TOKEN_FILE_VAR]), base))
-        cacert = settings.get(CACERT_VAR)
+            if found is None
+        ]
+        if addr is None or key_name is None or token_file is None:
+            raise MasterKeyError(
+                f"{registry.FAME_STORAGE_KEY_SERVICE.name}=vault needs {', '.join(missing)} as well"
+            )
+        token = _read_token(_path(token_file, base))
+        cacert = registry.VAULT_CACERT.raw(settings)
         verify: bool | str = str(_path(cacert, base)) if cacert else True
         client = hvac.Client(url=addr, token=token, verify=verify, timeout=TIMEOUT_SECONDS)
         wrapper = cls(addr, key_name, client)

@@ -16,12 +16,12 @@ version and timestamp stay in the stored state.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, ClassVar, TypedDict
 
 from naylence.fame.service import operation
 
+from persistent_agent import settings
 from persistent_agent.errors import IncrementRangeError
 from persistent_agent.node import backlog
 from persistent_agent.node.backlog import Line
@@ -78,7 +78,7 @@ def _node_id() -> str:
     id it attaches with by its credential's fingerprint), else the node id."""
     from naylence.fame.node.node import get_node
 
-    return os.environ.get("FAME_NODE_ID") or str(get_node().id)
+    return settings.FAME_NODE_ID.value() or str(get_node().id)
 
 
 def public(state: CustomAgentState) -> PublicState:

@@ -19,11 +19,11 @@ from typing import Any
 
 from naylence.fame.node.node_event_listener import NodeEventListener
 
+from persistent_agent import settings
 from persistent_agent.errors import AgentOverloadedError
-from persistent_agent.node import serving
 
-MAX_WAIT_VAR = "PERSISTENT_AGENT_MAX_WAIT_SECONDS"
-DEFAULT_MAX_WAIT = 2.5
+MAX_WAIT_VAR = settings.PERSISTENT_AGENT_MAX_WAIT_SECONDS.name
+DEFAULT_MAX_WAIT = settings.PERSISTENT_AGENT_MAX_WAIT_SECONDS.default
 # A bound on the calls remembered, should envelopes that are never handled
 # (not for an operation of the agent) arrive in great numbers.
 _REMEMBERED = 200_000
@@ -32,7 +32,7 @@ _waited: contextvars.ContextVar[float] = contextvars.ContextVar("waited", defaul
 
 
 def max_wait_seconds() -> float:
-    return serving.seconds_setting(MAX_WAIT_VAR, DEFAULT_MAX_WAIT)
+    return settings.PERSISTENT_AGENT_MAX_WAIT_SECONDS.value()
 
 
 class ArrivalClock(NodeEventListener):

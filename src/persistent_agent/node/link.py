@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import http.client
-import os
 from typing import Any
 from urllib.parse import urlsplit
 
-ADMISSION_URL_VAR = "FAME_DIRECT_ADMISSION_URL"
+from persistent_agent import settings
+
+ADMISSION_URL_VAR = settings.FAME_DIRECT_ADMISSION_URL.name
 # The websocket listener's routes live under this prefix; the attach URL is
 # <prefix>/ws/downstream/<system id>, its health check <prefix>/health.
 ATTACH_PREFIX = "/fame/v1/attach"
@@ -63,7 +64,7 @@ def _probe(admission_url: str) -> Readiness:
 
 async def sentinel_readiness(admission_url: str | None = None) -> Readiness:
     """Ask the sentinel at *admission_url* (default: FAME_DIRECT_ADMISSION_URL) how ready it is."""
-    url = admission_url or os.environ.get(ADMISSION_URL_VAR, "")
+    url = admission_url or settings.FAME_DIRECT_ADMISSION_URL.value()
     if not url:
         return Readiness.DOWN
     return await asyncio.to_thread(_probe, url)

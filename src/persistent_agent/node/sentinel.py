@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import copy
 import errno
-import os
 import socket
 import sys
 from typing import Any
 
+from persistent_agent import settings
 from persistent_agent.errors import ConfigError
 from persistent_agent.node import serving
 
-HOST_VAR = "FAME_LISTENER_HOST"
-DEFAULT_HOST = "127.0.0.1"
-PORT_VAR = "FAME_LISTENER_PORT"
-DEFAULT_PORT = 8000  # the SDK's SENTINEL_PORT
+HOST_VAR = settings.FAME_LISTENER_HOST.name
+DEFAULT_HOST = settings.FAME_LISTENER_HOST.default
+PORT_VAR = settings.FAME_LISTENER_PORT.name
+DEFAULT_PORT = settings.FAME_LISTENER_PORT.default  # the SDK's SENTINEL_PORT
 
 
 def check_port() -> None:
@@ -34,8 +34,8 @@ def check_port() -> None:
     (whose own failure is a bare ``SystemExit: 1`` from the web server)."""
     from persistent_agent.access import fabric
 
-    host = os.environ.get(HOST_VAR) or DEFAULT_HOST
-    port = int(os.environ.get(PORT_VAR) or DEFAULT_PORT)
+    host = settings.FAME_LISTENER_HOST.value()
+    port = settings.FAME_LISTENER_PORT.value()
     fabric.check_insecure_host(host, HOST_VAR)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         # As the web server does: a port left in TIME_WAIT is free to use.

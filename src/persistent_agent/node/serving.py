@@ -214,7 +214,7 @@ async def serve(
     from naylence.fame.util.logging import enable_logging
 
     from persistent_agent.node import link
-    from persistent_agent.storage import provider
+    from persistent_agent.storage import events
 
     enable_logging(log_level=log_level())
     limit = detached_exit_seconds() if upstream else 0.0
@@ -224,11 +224,15 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     failures: list[StorageUnavailableError] = []
 
-    def storage_failed(error: StorageUnavailableError) -> None:
-        failures.append(error)
-        loop.call_soon_threadsafe(stop.set)
+    class StorageFailed(events.StorageListener):
+        """The node's exit on unavailable storage: one listener on the storage-events hook."""
 
-    provider.on_storage_failure(storage_failed)
+        def observed(self, event: events.Observation) -> None:
+            if isinstance(event.error, StorageUnavailableError):
+                failures.append(event.error)
+                loop.call_soon_threadsafe(stop.set)
+
+    unlisten = events.listen(StorageFailed())
     health = _Health()
 
     async def paused(seconds: float) -> None:
@@ -260,28 +264,31 @@ async def serve(
                 health.not_serving()
         return None
 
-    while not (stop.is_set() or failures):
-        try:
-            if (went := await session()) is None:
-                break
-        except BaseException as exc:
-            if (why_not := fabric.refusal(exc)) is not None:
-                # Retrying with the same credential or CA cannot help.
-                raise AccessRefusedError(why_not) from None
-            if not upstream or find_error(exc) is not None or not _attach_failure(exc):
-                raise
-            outage.failed(exc)
-            went = time.monotonic()
-            await paused(_PROBE_PAUSE)
-        outage.begin(went)
-        # Attach again once the sentinel can take it; the time it has been
-        # ready without our attach succeeding is what counts against the limit.
+    try:
         while not (stop.is_set() or failures):
-            if await link.sentinel_readiness() is link.Readiness.READY:
-                outage.sentinel_ready()
-                break
-            outage.sentinel_not_ready()
-            await paused(_PROBE_PAUSE)
+            try:
+                if (went := await session()) is None:
+                    break
+            except BaseException as exc:
+                if (why_not := fabric.refusal(exc)) is not None:
+                    # Retrying with the same credential or CA cannot help.
+                    raise AccessRefusedError(why_not) from None
+                if not upstream or find_error(exc) is not None or not _attach_failure(exc):
+                    raise
+                outage.failed(exc)
+                went = time.monotonic()
+                await paused(_PROBE_PAUSE)
+            outage.begin(went)
+            # Attach again once the sentinel can take it; the time it has been
+            # ready without our attach succeeding is what counts against the limit.
+            while not (stop.is_set() or failures):
+                if await link.sentinel_readiness() is link.Readiness.READY:
+                    outage.sentinel_ready()
+                    break
+                outage.sentinel_not_ready()
+                await paused(_PROBE_PAUSE)
+    finally:
+        unlisten()
     if failures:
         raise failures[0]
 

@@ -8,10 +8,10 @@ process that joins the fabric. Nothing here prints a secret.
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from persistent_agent import settings
 from persistent_agent.access import credentials, pki
 from persistent_agent.addresses import loopback
 from persistent_agent.errors import ConfigError
@@ -22,13 +22,14 @@ CLIENTS = {CLIENT_IDS["agent"]: "agent", CLIENT_IDS["client"]: "client", "sentin
 SERVERS = ("sentinel", "issuer", "postgres")
 # Names the servers are reached by besides localhost, loopback and their compose
 # service names: the user's SENTINEL_HOST, and any listed in PERSISTENT_AGENT_TLS_NAMES.
-TLS_NAMES_VAR = "PERSISTENT_AGENT_TLS_NAMES"
+TLS_NAMES_VAR = settings.PERSISTENT_AGENT_TLS_NAMES.name
 WARN_BEFORE = timedelta(days=30)
 
 
 def _extra_names() -> list[str]:
-    names = [n.strip() for n in os.environ.get(TLS_NAMES_VAR, "").split(",") if n.strip()]
-    host = os.environ.get("SENTINEL_HOST", "")
+    listed = settings.PERSISTENT_AGENT_TLS_NAMES.value() or ""
+    names = [n.strip() for n in listed.split(",") if n.strip()]
+    host = settings.SENTINEL_HOST.raw() or ""
     if host not in ("", "0.0.0.0", "::") and not loopback(host):  # noqa: S104
         names.append(host)
     return names

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from persistent_agent import __version__
+from persistent_agent import __version__, settings
 from persistent_agent.access import fabric
 from persistent_agent.errors import (
     DEBUG_VAR,
@@ -33,8 +33,8 @@ from persistent_agent.ops.local_nodes import DEFAULT_ISSUER_PORT, LocalNodes
 from persistent_agent.storage.layout import NODE_ROLES
 
 Handler = Callable[[argparse.Namespace], int]
-DEFAULT_SENTINEL_PORT = 8000
-PORT_VARS = {"port": "SENTINEL_PORT", "issuer_port": "ISSUER_PORT"}
+DEFAULT_SENTINEL_PORT = settings.SENTINEL_PORT.default
+PORT_VARS = {"port": settings.SENTINEL_PORT, "issuer_port": settings.ISSUER_PORT}
 
 
 @dataclass(frozen=True)
@@ -473,13 +473,8 @@ def _shared_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
 
 def _env_port(dest: str) -> int | None:
     """The port set by SENTINEL_PORT or ISSUER_PORT, or None when unset or empty."""
-    var = PORT_VARS[dest]
-    raw = os.environ.get(var, "").strip()
-    if not raw:
-        return None
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
-        raise ConfigError(f"{var}={raw!r} is not a port number (1-65535)")
-    return int(raw)
+    setting = PORT_VARS[dest]
+    return setting.value() if setting.is_set() else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -506,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SAFE_PATH_VAR = "PYTHONSAFEPATH"
+SAFE_PATH_VAR = settings.PYTHONSAFEPATH.name
 
 
 @contextlib.contextmanager

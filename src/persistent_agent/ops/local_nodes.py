@@ -20,10 +20,11 @@ from pathlib import Path
 
 import psutil
 
+from persistent_agent import settings
 from persistent_agent.access import fabric
 from persistent_agent.client.failures import START_HINT_VAR
 from persistent_agent.errors import LocalNodeError
-from persistent_agent.node.sentinel import DEFAULT_HOST, HOST_VAR
+from persistent_agent.node.sentinel import HOST_VAR
 from persistent_agent.node.serving import (
     ENV_FILE_VAR,
     HEARTBEAT_SECONDS,
@@ -33,7 +34,7 @@ from persistent_agent.node.serving import (
 from persistent_agent.ops.config_files import env_file
 
 _NODE_SETTINGS = ("FAME_", "PERSISTENT_AGENT_")
-HOST_SETTING = "SENTINEL_HOST"  # the user's one setting, for local and Docker alike
+HOST_SETTING = settings.SENTINEL_HOST.name  # the user's one setting, for local and Docker alike
 MODULES = {
     "issuer": "persistent_agent.access.issuer",
     "sentinel": "persistent_agent.node.sentinel",
@@ -44,7 +45,7 @@ STORAGE_ROLES = ("sentinel", "agent")
 ATTACH_PATH = "/fame/v1/attach/ws/downstream"
 # Each local process's credential (config/access/<id>.secret), by role.
 CLIENT_IDS = {"agent": "persistent-agent", "client": "client"}
-DEFAULT_ISSUER_PORT = 8443
+DEFAULT_ISSUER_PORT = settings.ISSUER_PORT.default
 
 
 def access_dir(config_dir: Path) -> Path:
@@ -66,10 +67,10 @@ class LocalNodes:
     run_dir: Path
     port: int = 8000
     # Loopback unless the user asks otherwise.
-    host: str = field(default_factory=lambda: os.environ.get(HOST_SETTING) or DEFAULT_HOST)
+    host: str = field(default_factory=lambda: settings.SENTINEL_HOST.value())
     issuer_port: int = DEFAULT_ISSUER_PORT
     # Secure unless the user opts out (PERSISTENT_AGENT_FABRIC_SECURITY=off, loopback only).
-    secure: bool = field(default_factory=lambda: os.environ.get(fabric.SECURITY_VAR, "on") != "off")
+    secure: bool = field(default_factory=fabric.secure)
     python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
     # Popen handles of the processes this object started, kept so that they
@@ -139,10 +140,10 @@ class LocalNodes:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_NODE_SETTINGS)}
         if role != "issuer":
             env[ENV_FILE_VAR] = str(env_file(self.config_dir, role).resolve())
-            env["FAME_DIRECT_ADMISSION_URL"] = self.admission_url()
+            env[settings.FAME_DIRECT_ADMISSION_URL.name] = self.admission_url()
         env.update(self.access_env(role))
         if role in STORAGE_ROLES:
-            env["FAME_STORAGE_DB_DIRECTORY"] = str((self.data_dir / role).resolve())
+            env[settings.FAME_STORAGE_DB_DIRECTORY.name] = str((self.data_dir / role).resolve())
         if role in MODULES:
             env[READY_FILE_VAR] = str(self.ready_file(role).resolve())
         if role == "agent":
@@ -150,7 +151,7 @@ class LocalNodes:
             # (detached from a ready sentinel for too long) does it in place.
             env[RESTART_VAR] = "exec"
         if role == "sentinel":
-            env["FAME_LISTENER_PORT"] = str(self.port)
+            env[settings.FAME_LISTENER_PORT.name] = str(self.port)
             env[HOST_VAR] = self.host
         if role == "client":
             env[START_HINT_VAR] = "make local-start"
@@ -314,7 +315,7 @@ class LocalNodes:
     def client_command(self, verbose: bool = False) -> tuple[list[str], dict[str, str]]:
         env = self.env("client")
         if verbose:
-            env["FAME_SHOW_ENVELOPES"] = "true"
+            env[settings.FAME_SHOW_ENVELOPES.name] = "true"
         return [self.python, "-m", "persistent_agent.client"], env
 
     def _alive(self, pid: int) -> bool:

@@ -8,9 +8,9 @@ also come from the operator's shell.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from persistent_agent import settings as registry
 from persistent_agent.errors import ConfigError, KeyFileExposedError, MasterKeyError
 from persistent_agent.keys.custody import SETTINGS, KeySource, key_source
 from persistent_agent.keys.master_key import ENV_VAR
@@ -26,7 +26,10 @@ def source_of(config_dir: Path, role: str) -> KeySource:
     values = read_env(path)
     if values.get(ENV_VAR):
         KeyFileExposedError.check(path)
-    settings = {k: v for k, v in os.environ.items() if k.startswith("VAULT_")}
+    # The key service's address and files may come from the tool's environment
+    # (the env file's values win); the key itself only from the env file.
+    vault = (registry.VAULT_ADDR, registry.VAULT_CACERT, registry.VAULT_TOKEN_FILE)
+    settings: dict[str, str | None] = {s.name: s.raw() for s in vault}
     settings.update({k: v for k, v in values.items() if k in SETTINGS})
     try:
         return key_source(settings, base=config_dir)

@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from persistent_agent import settings
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.keys.secret_files import read_private_bytes, write_file, write_private
 from persistent_agent.ops.local_nodes import free_port
@@ -350,7 +351,7 @@ CONTAINER_TLS = ServerTls(
     Path("/run/secrets/ca_cert"),
 )
 DATABASE = "persistent_agent"
-READY_FILE_VAR = "PERSISTENT_AGENT_READY_FILE"
+READY_FILE_VAR = settings.PERSISTENT_AGENT_READY_FILE.name
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -405,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         inherit_output=True,
     )
-    ready = Path(os.environ[READY_FILE_VAR]) if os.environ.get(READY_FILE_VAR) else None
+    ready = settings.PERSISTENT_AGENT_READY_FILE.value()
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from persistent_agent import settings
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.keys.custody import POSTGRES_DSN_VAR, POSTGRES_PASSWORD_FILE_VAR
 from persistent_agent.node.serving import READY_FILE_VAR
@@ -27,7 +28,7 @@ from persistent_agent.ops import access
 from persistent_agent.ops.local_nodes import LocalNodes, access_dir, free_port
 from persistent_agent.ops.postgres_server import PostgresServer, ServerTls
 
-SHARED_PROFILE = "encrypted-postgres"
+SHARED_PROFILE = settings.SHARED_STATE_PROFILE
 # The demo's scratch space under data/ and run/ (the compose variant's
 # replicas keep their data in data/replicas, which is not scratch).
 DEMO_DIR = "demo-replicas"
@@ -60,12 +61,12 @@ class LocalReplicas(LocalNodes):
         env = super().env("agent")
         # Each replica holds a credential of its own (role agent), named as it is.
         env.update(self.access_env("agent", client_id=role))
-        env["FAME_STORAGE_DB_DIRECTORY"] = str((self.data_dir / role).resolve())
+        env[settings.FAME_STORAGE_DB_DIRECTORY.name] = str((self.data_dir / role).resolve())
         env[READY_FILE_VAR] = str(self.ready_file(role).resolve())
         # Stable across restarts: the sentinel's pool keeps a dead replica's
         # entry, and the same id coming back heals it.
-        env["FAME_NODE_ID"] = role
-        env["FAME_STORAGE_PROFILE"] = SHARED_PROFILE
+        env[settings.FAME_NODE_ID.name] = role
+        env[settings.FAME_STORAGE_PROFILE.name] = SHARED_PROFILE
         env[POSTGRES_DSN_VAR] = self.dsn
         if self.password_file is not None:
             env[POSTGRES_PASSWORD_FILE_VAR] = str(self.password_file.resolve())

@@ -211,8 +211,7 @@ def _rotate(config_dir: Path, data_dir: Path, backups_dir: Path, reencrypt: bool
     # stopped, on every host, and its keyring open with one of the two keys.
     shared = shared_tools.shared_config(config_dir)
     if shared is not None:
-        shared_tools.ensure_stopped(shared)
-        shared_tools.check_key(shared, old, new)
+        shared_tools.ensure_stopped(shared, old, new)  # opened with either key
 
     # 1. The new key on disk, beside the old one, before anything moves to it.
     if isinstance(old.wrapper, TransitWrapper):
@@ -235,7 +234,7 @@ def _rotate(config_dir: Path, data_dir: Path, backups_dir: Path, reencrypt: bool
             result.rewrapped.append(keys.path)
 
     if shared is not None and new is not old:
-        result.shared_rewrapped = shared_tools.rewrap(shared, old.wrapper, new.wrapper)
+        result.shared_rewrapped = shared_tools.rewrap(shared, old, new)
 
     # 3. The backups under backups/ that the old key opens follow (not after a
     # re-encryption: their data keys are the old ones, to be discarded).

@@ -1,20 +1,22 @@
-"""The operator tools' side of the shared state (profile ``encrypted-postgres``).
+"""The operator tools' side of the agent's state in a storage backend (``storage.registry``).
 
-The tools find the shared state where the agent does: ``config/.env.agent``
-with ``FAME_STORAGE_PROFILE=encrypted-postgres``, its DSN and password file
-(``FAME_STORAGE_POSTGRES_DSN`` / ``…_PASSWORD_FILE`` in the tools' own
-environment win, for replicas configured elsewhere). The key is the agent's.
+The tools find the backend where the agent does: ``config/.env.agent`` with
+``FAME_STORAGE_PROFILE`` naming a registered backend (``encrypted-postgres``),
+and that backend's settings (``FAME_STORAGE_POSTGRES_DSN`` / ``…_PASSWORD_FILE``
+in the tools' own environment win, for replicas configured elsewhere). The
+key is the agent's. Everything here talks to the backend protocol
+(``storage.backend``: ``StateBackend``, and ``StoredTables`` for what backup,
+restore and rotate-key need), never to a database driver:
 
 * ``verify`` / ``inspect``: every row decrypted, read-only; inspect prints it.
-* ``backup``: the three tables as stored (still encrypted), in a snapshot
-  transaction, into ``shared_state.json`` of the backup directory.
-* ``restore``: into an empty shared state only, with every replica stopped.
-* ``rotate-key``: the shared keyring re-wrapped, with every replica stopped.
+* ``backup``: the backend's tables as stored (still encrypted), from one
+  snapshot, streamed into ``shared_state.json`` of the backup directory.
+* ``restore``: into an empty backend only, with every replica stopped.
+* ``rotate-key``: the backend's keyring re-wrapped, with every replica stopped.
 * ``migrate-state``: the agent's local SQLCipher state copied in, once.
 
-"Every replica stopped" is checked across hosts: each running replica holds
-the shared advisory lock :data:`REPLICAS_LOCK`, and the tools take it
-exclusively (``pg_try_advisory_lock``) for as long as they write.
+"Every replica stopped" is the backend's to check, across hosts
+(``StoredTables.writers_stopped``: for PostgreSQL, the replicas' advisory lock).
 """
 
 from __future__ import annotations
@@ -23,124 +25,106 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import psycopg
+from typing import IO, Any
 
 from persistent_agent.errors import (
     BackupError,
-    ServicesRunningError,
     SharedStateError,
 )
-from persistent_agent.keys.custody import (
-    POSTGRES_DSN_VAR,
-    POSTGRES_PASSWORD_FILE_VAR,
-    KeySource,
-)
+from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.keyring import KeyWrapper
-from persistent_agent.keys.secret_files import read_private, write_private
+from persistent_agent.keys.secret_files import sync_directory, write_private
 from persistent_agent.ops.config_files import env_file, read_env
 from persistent_agent.ops.node_keys import source_of
-from persistent_agent.storage.backend import Row, StateBackend
+from persistent_agent.storage import registry
+from persistent_agent.storage.backend import Row, StateBackend, StoredTables
 from persistent_agent.storage.sealing import keyring_ad
-from persistent_agent.storage.shared_state import (
-    REPLICAS_LOCK,
-    SharedState,
-    check_tls,
-    describe,
-    rewrap_keys,
-)
 
 PROFILE = "encrypted-postgres"
 BACKUP_FILE = "shared_state.json"
 BACKUP_FORMAT = 1
+# The PostgreSQL backend's tables, as its backups hold them (kept importable).
 TABLES = {
     "pa_keyring": ("name", "wrapped", "wrapped_by"),
     "pa_state": ("namespace", "key", "version", "sealed"),
     "pa_requests": ("id", "sealed", "created_at"),
 }
+# How long a tool waits for the backend before it says it is unavailable.
+OPEN_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
 class SharedConfig:
-    """Where the shared state is, and the key that opens it."""
+    """Which backend holds the agent's state, its settings, and the key that opens it."""
 
-    dsn: str
-    password: str | None
-    source: KeySource
+    profile: str
+    settings: dict[str, str] = field(repr=False)  # a DSN may hold a password
+    source: KeySource = field(repr=False)
 
     @property
     def where(self) -> str:
-        return describe(self.dsn)
+        return registry.backend_module(self.profile).describe_settings(self.settings)
 
 
 def shared_config(config_dir: Path) -> SharedConfig | None:
-    """The agent's shared state, if it is configured for one; else None."""
+    """The agent's state backend, if it is configured for one; else None."""
     path = env_file(config_dir, "agent")
     values = read_env(path) if path.is_file() else {}
-    dsn = os.environ.get(POSTGRES_DSN_VAR) or (
-        values.get(POSTGRES_DSN_VAR) if values.get("FAME_STORAGE_PROFILE") == PROFILE else None
-    )
-    if not dsn:
-        return None
-    check_tls(dsn)
-    password_file = os.environ.get(POSTGRES_PASSWORD_FILE_VAR) or values.get(
-        POSTGRES_PASSWORD_FILE_VAR
-    )
-    password = None
-    if password_file:
-        file = Path(password_file)
-        password = read_private(
-            file if file.is_absolute() else config_dir / file, POSTGRES_PASSWORD_FILE_VAR
-        )
-    return SharedConfig(dsn, password, source_of(config_dir, "agent"))
+    for profile in registry.profiles():
+        names = registry.BACKENDS[profile].settings
+        # The backend's first setting in the tools' own environment selects it
+        # too (replicas configured elsewhere); its values there win.
+        if values.get("FAME_STORAGE_PROFILE") != profile and not os.environ.get(names[0]):
+            continue
+        settings = {}
+        for name in names:
+            value = os.environ.get(name) or values.get(name) or ""
+            if value and name.endswith("_FILE") and not Path(value).is_absolute():
+                value = str(config_dir / value)
+            settings[name] = value
+        registry.backend_module(profile).check_settings(settings)
+        return SharedConfig(profile, settings, source_of(config_dir, "agent"))
+    return None
 
 
 @asynccontextmanager
 async def opened(
     config: SharedConfig, source: KeySource | None = None
-) -> AsyncIterator[SharedState]:
-    """The shared state, read through a replica's code (the keys unwrapped, no lock held)."""
-    state = await SharedState.open(
-        config.dsn, config.password, source or config.source, max_size=2, hold_replica_lock=False
+) -> AsyncIterator[StateBackend]:
+    """The backend, opened as a tool does (its keys unwrapped, no replica's lock held)."""
+    backend = await registry.backend_module(config.profile).open_backend(
+        config.settings, source or config.source, replica=False, timeout=OPEN_TIMEOUT
     )
     try:
-        yield state
+        yield backend
     finally:
-        await state.close()
+        await backend.close()
 
 
-@asynccontextmanager
-async def replicas_stopped(config: SharedConfig) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """A connection holding the replicas lock exclusively: no replica runs, on any host."""
-    try:
-        conn = await psycopg.AsyncConnection.connect(
-            config.dsn, password=config.password, autocommit=True, connect_timeout=5
-        )
-    except psycopg.OperationalError as exc:
+def _tables(backend: StateBackend) -> StoredTables:
+    """*backend* as the tools' backup, restore and rotate-key need it."""
+    if not isinstance(backend, StoredTables):
         raise SharedStateError(
-            f"cannot connect to {config.where}: {str(exc).strip().splitlines()[0]}"
-        ) from None
-    async with conn:
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (REPLICAS_LOCK,))
-        found = await cur.fetchone()
-        if not found or not found[0]:
-            raise ServicesRunningError(
-                f"agent replicas are running against {config.where} (they hold its replicas "
-                "lock); stop every replica, on every host, then run this again"
-            )
-        yield conn
+            f"the state backend in {backend.where} cannot be backed up, restored or "
+            "re-keyed (it does not provide storage.backend.StoredTables)"
+        )
+    return backend
 
 
-def ensure_stopped(config: SharedConfig) -> None:
-    """Raise ServicesRunningError if any replica runs against *config*, on any host."""
+def ensure_stopped(config: SharedConfig, *sources: KeySource) -> None:
+    """Raise ServicesRunningError if any replica runs against *config*, on any host.
+
+    Opened with the first of *sources* (default: the configured key) that opens it.
+    """
+    source = check_key(config, *sources) if sources else config.source
 
     async def work() -> None:
-        async with replicas_stopped(config):
+        async with opened(config, source) as backend, _tables(backend).writers_stopped():
             pass
 
     asyncio.run(work())
@@ -211,12 +195,18 @@ def check_key(config: SharedConfig, *sources: KeySource) -> KeySource:
     return asyncio.run(work())
 
 
-def rewrap(config: SharedConfig, old: KeyWrapper, new: KeyWrapper) -> int:
-    """Re-wrap the shared keys from *old* to *new*, with every replica stopped."""
+def rewrap(config: SharedConfig, old: KeySource, new: KeySource) -> int:
+    """Re-wrap the backend's keys from *old* to *new*, with every replica stopped.
+
+    Opened with whichever of the two keys opens it now (a rotation cut short
+    may have re-wrapped them already: then nothing is left to do).
+    """
+
+    source = check_key(config, old, new) if new is not old else old
 
     async def work() -> int:
-        async with replicas_stopped(config) as conn:
-            return await rewrap_keys(conn, old, new)
+        async with opened(config, source) as backend:
+            return await _tables(backend).rewrap(old.wrapper, new.wrapper)
 
     return asyncio.run(work())
 
@@ -240,43 +230,95 @@ def _decode(value: Any) -> Any:
     return value
 
 
+class _BackupWriter:
+    """``shared_state.json`` written as the records stream in, never whole in memory:
+    ``{"format":1,"wrapped_by":…,"tables":{"<table>":[[…],…],…}}``, compact."""
+
+    def __init__(self, handle: IO[str], tables: list[str]) -> None:
+        self._handle = handle
+        self._pending = list(tables)
+        self._current: str | None = None
+        self._first = True
+
+    def start(self, wrapped_by: str) -> None:
+        self._handle.write(
+            f'{{"format":{BACKUP_FORMAT},"wrapped_by":{json.dumps(wrapped_by)},"tables":{{'
+        )
+
+    def _open(self, table: str) -> None:
+        while self._current != table:
+            if self._current is not None:
+                self._handle.write("],")
+            if not self._pending:
+                raise SharedStateError(f"the backend streamed records of unknown table {table!r}")
+            self._current = self._pending.pop(0)
+            self._handle.write(f"{json.dumps(self._current)}:[")
+            self._first = True
+
+    def record(self, table: str, values: tuple[Any, ...]) -> None:
+        self._open(table)
+        self._handle.write(("" if self._first else ",") + _dumps([_encode(v) for v in values]))
+        self._first = False
+
+    def finish(self) -> None:
+        if self._pending:
+            self._open(self._pending[-1])
+        if self._current is not None:
+            self._handle.write("]")
+        self._handle.write("}}")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+@contextlib.contextmanager
+def _private_file(path: Path) -> Iterator[IO[str]]:
+    """A new owner-only file that takes *path*'s name, synced, only once written whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    sync_directory(path.parent)
+
+
 def backup(config: SharedConfig, dest: Path) -> int:
-    """The shared state's tables as stored (encrypted) into *dest*/shared_state.json; rows."""
+    """The backend's tables as stored (encrypted), streamed into *dest*/shared_state.json;
+    returns how many of the agent's rows it holds."""
 
-    async def work() -> dict[str, list[list[Any]]]:
-        async with opened(config):  # the key must open it: a backup nobody can restore is none
-            pass
-        async with (
-            await psycopg.AsyncConnection.connect(
-                config.dsn, password=config.password, autocommit=True
-            ) as conn,
-            conn.transaction(),
-        ):
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            tables: dict[str, list[list[Any]]] = {}
-            for table, columns in TABLES.items():
-                cur = await conn.execute(
-                    f"SELECT {', '.join(columns)} FROM {table}"  # noqa: S608 - fixed names
-                )
-                tables[table] = [[_encode(v) for v in row] for row in await cur.fetchall()]
-        return tables
+    async def work() -> int:
+        # Opened with the key: a backup nobody can restore is none.
+        async with opened(config) as backend:
+            tables = _tables(backend)
+            rows = 0
+            with _private_file(dest / BACKUP_FILE) as handle:
+                writer = _BackupWriter(handle, list(tables.tables))
+                writer.start(config.source.wrapper.fingerprint)
+                async with contextlib.aclosing(tables.stored()) as records:
+                    async for table, values in records:
+                        writer.record(table, values)
+                        rows += table == tables.rows_table
+                writer.finish()
+            return rows
 
-    tables = asyncio.run(work())
-    document = {
-        "format": BACKUP_FORMAT,
-        "wrapped_by": config.source.wrapper.fingerprint,
-        "tables": tables,
-    }
-    write_private(dest / BACKUP_FILE, json.dumps(document, separators=(",", ":")))
-    return len(tables["pa_state"])
+    return asyncio.run(work())
 
 
 def restore(config: SharedConfig, source_dir: Path) -> int:
-    """Load a backup's shared state into an empty shared state, every replica stopped; rows."""
+    """Load a backup's shared state into an empty backend, every replica stopped; rows."""
     path = source_dir / BACKUP_FILE
     try:
         document = json.loads(path.read_text())
         tables = document["tables"]
+        if not isinstance(tables, dict):
+            raise TypeError("tables is not an object")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BackupError(f"{path} is not a shared-state backup ({exc})") from None
     if document.get("wrapped_by") != config.source.wrapper.fingerprint:
@@ -286,40 +328,42 @@ def restore(config: SharedConfig, source_dir: Path) -> int:
         )
 
     async def work() -> int:
-        async with opened(config) as state:  # makes the tables on an empty database
-            if await state.row_count():
+        async with opened(config) as backend:  # makes the tables on an empty database
+            if await backend.row_count():
                 raise BackupError(
                     f"the shared state in {config.where} is not empty; restore it into an "
                     "empty database (nothing was changed)"
                 )
-        async with replicas_stopped(config) as conn, conn.transaction():
-            await conn.execute("DELETE FROM pa_keyring")
-            for table, columns in TABLES.items():
-                for row in tables.get(table, []):
-                    await conn.execute(
-                        f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - fixed names
-                        f"VALUES ({', '.join(['%s'] * len(columns))})",
-                        [_decode(v) for v in row],
-                    )
-        async with opened(config) as state:  # the restored keyring opens with our key
-            return await state.row_count()
+            target = _tables(backend)
+            await target.load(
+                (table, [_decode(v) for v in values])
+                for table in target.tables
+                for values in tables.get(table, [])
+            )
+        async with opened(config) as backend:  # the restored keyring opens with our key
+            return await backend.row_count()
 
     return asyncio.run(work())
 
 
 def rewrap_backup(backup_dir: Path, old: KeyWrapper, new: KeyWrapper) -> None:
-    """Re-wrap the shared keys kept in a backup (rotate-key); no-op without one, or when done."""
+    """Re-wrap the shared keys kept in a backup (rotate-key); no-op without one, or when done.
+
+    The keyring is the backup's first table (``StoredTables``: name, wrapped,
+    wrapped_by), whichever backend wrote it.
+    """
     path = backup_dir / BACKUP_FILE
     if not path.is_file():
         return
     document = json.loads(path.read_text())
     if document.get("wrapped_by") == new.fingerprint:
         return
+    keyring = next(iter(document["tables"]))
     rows = []
-    for name, wrapped, wrapped_by in document["tables"]["pa_keyring"]:
+    for name, wrapped, wrapped_by in document["tables"][keyring]:
         key = old.unwrap(wrapped, keyring_ad(name, wrapped_by))
         rows.append([name, new.wrap(key, keyring_ad(name, new.fingerprint)), new.fingerprint])
-    document["tables"]["pa_keyring"] = rows
+    document["tables"][keyring] = rows
     document["wrapped_by"] = new.fingerprint
     write_private(path, json.dumps(document, separators=(",", ":")))
 
@@ -331,7 +375,7 @@ def migrate(config: SharedConfig, rows: dict[str, str], namespace: str) -> int:
     """Copy *rows* (key -> value JSON) of *namespace* into an empty shared namespace, once."""
 
     async def work() -> int:
-        async with opened(config) as state, replicas_stopped(config):
+        async with opened(config) as state, _tables(state).writers_stopped():
             async with contextlib.aclosing(state.rows(namespace)) as held:
                 async for _ in held:  # one row is enough to refuse
                     raise SharedStateError(

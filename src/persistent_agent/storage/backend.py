@@ -27,7 +27,16 @@ loads its driver. ``docs/extending.md`` walks through adding a backend, and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
@@ -36,6 +45,8 @@ from naylence.fame.storage.storage_provider import StorageProvider
 from pydantic import BaseModel
 
 from persistent_agent.errors import PersistentAgentError
+from persistent_agent.keys.keyring import KeyWrapper
+from persistent_agent.storage.events import HOOK, Change, committed, observable, observed
 
 V = TypeVar("V", bound=BaseModel)
 
@@ -185,6 +196,39 @@ class StateBackend(Protocol):
 
 
 @runtime_checkable
+class StoredTables(Protocol):
+    """What the operator tools' backup, restore and rotate-key need of a backend too.
+
+    A backup is the backend's records *as stored* (sealed, never decrypted), so
+    that restoring it needs the same master key and nothing else; the
+    operator tools (``ops.shared_tools``) write them to ``shared_state.json``.
+    """
+
+    # Each table's columns, in backup order; the first is the keyring, with the
+    # columns (name, wrapped, wrapped_by): rotate-key re-wraps it in backups too.
+    tables: Mapping[str, tuple[str, ...]]
+    rows_table: str  # the table whose records are the agent's rows
+
+    def stored(self) -> AsyncGenerator[tuple[str, tuple[Any, ...]]]:
+        """Every record as (table, values), table by table, from one consistent
+        snapshot, streamed (values: str, int, bytes or datetime)."""
+        ...
+
+    def writers_stopped(self) -> AbstractAsyncContextManager[object]:
+        """Held while no node writes to the backend, on any host; raises
+        :class:`~persistent_agent.errors.ServicesRunningError` if one runs."""
+        ...
+
+    async def load(self, records: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        """Put a backup's records into this empty backend (its keyring too), at once."""
+        ...
+
+    async def rewrap(self, old: KeyWrapper, new: KeyWrapper) -> int:
+        """Re-wrap the backend's keys from master key *old* to *new*; how many keys."""
+        ...
+
+
+@runtime_checkable
 class VersionedStore(Protocol):
     """One namespace of a :class:`StateBackend`, as the agent's state uses it (``node.state``)."""
 
@@ -209,61 +253,96 @@ def dump_value(model_cls: type[V], value: V) -> str:
     return value.model_dump_json(by_alias=True)
 
 
+@observable
 class BackendKeyValueStore(KeyValueStore[V], Generic[V]):
     """A namespace of any :class:`StateBackend`, as the runtime's ``KeyValueStore``.
 
     It is also a :class:`VersionedStore`, which is what the agent's
     transactions use. The plain ``set`` is last-writer-wins (it retries its
-    own compare-and-set).
+    own compare-and-set). Every call goes through the storage-events hook
+    (``storage.events``), so a backend gets both streams without code of its own.
     """
 
     def __init__(self, backend: StateBackend, model_cls: type[V], namespace: str) -> None:
         self._backend = backend
         self._model_cls = model_cls
-        self._namespace = namespace
+        self.namespace = namespace
 
-    async def read_versioned(self, key: str) -> tuple[str | None, int]:
-        row = await self._backend.read(self._namespace, key)
+    async def _read(self, key: str) -> tuple[str | None, int]:
+        row = await self._backend.read(self.namespace, key)
         return (None, 0) if row is None else (row.value, row.version)
 
+    async def _write(
+        self, key: str, value: str, expected: int, request: Request | None = None
+    ) -> bool:
+        if not await self._backend.write(self.namespace, key, value, expected, request):
+            return False
+        if HOOK.recorders:
+            await committed(
+                Change(
+                    self.namespace,
+                    key,
+                    value,
+                    expected + 1,
+                    None if request is None else request.id,
+                )
+            )
+        return True
+
+    @observed("get")
+    async def read_versioned(self, key: str) -> tuple[str | None, int]:
+        return await self._read(key)
+
+    @observed("set")
     async def write_versioned(
         self, key: str, value: str, expected: int, request: Request | None = None
     ) -> bool:
-        return await self._backend.write(self._namespace, key, value, expected, request)
+        return await self._write(key, value, expected, request)
 
+    @observed("get")
     async def request_record(self, request_id: str) -> RecordedRequest | None:
-        return await self._backend.request_record(request_id, self._namespace)
+        return await self._backend.request_record(request_id, self.namespace)
 
+    @observed("set")
     async def set(self, key: str, value: V | None) -> None:
         if value is None:
-            await self.delete(key)
+            await self._delete(key)
             return
         text = dump_value(self._model_cls, value)
         while True:
-            _, version = await self.read_versioned(key)
-            if await self.write_versioned(key, text, version):
+            _, version = await self._read(key)
+            if await self._write(key, text, version):
                 return
 
+    @observed("update")
     async def update(self, key: str, value: V) -> None:
         text = dump_value(self._model_cls, value)
         while True:
-            _, version = await self.read_versioned(key)
+            _, version = await self._read(key)
             if version == 0:
                 raise KeyError(f"Key '{key}' not found for update.")
-            if await self.write_versioned(key, text, version):
+            if await self._write(key, text, version):
                 return
 
+    @observed("get")
     async def get(self, key: str) -> V | None:
-        text, _ = await self.read_versioned(key)
+        text, _ = await self._read(key)
         return None if text is None else self._model_cls.model_validate_json(text)
 
+    @observed("delete")
     async def delete(self, key: str) -> None:
-        await self._backend.delete(self._namespace, key)
+        await self._delete(key)
 
+    async def _delete(self, key: str) -> None:
+        await self._backend.delete(self.namespace, key)
+        if HOOK.recorders:
+            await committed(Change(self.namespace, key, None))
+
+    @observed("list")
     async def list(self) -> dict[str, V]:
         return {
             row.key: self._model_cls.model_validate_json(row.value)
-            async for row in self._backend.rows(self._namespace)
+            async for row in self._backend.rows(self.namespace)
         }
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,7 +20,7 @@ from naylence.fame.storage.storage_provider import StorageProvider
 from naylence.fame.util.logging import getLogger
 from pydantic import BaseModel
 
-from persistent_agent.errors import PersistentAgentError, StorageUnavailableError, WrongKeyError
+from persistent_agent.errors import PersistentAgentError, WrongKeyError
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.master_key import MasterKey
 from persistent_agent.storage import database, layout, lock
@@ -33,6 +32,7 @@ from persistent_agent.storage.backend import Request as Request
 from persistent_agent.storage.backend import RequestLog as RequestLog
 from persistent_agent.storage.backend import dump_value as dump_value
 from persistent_agent.storage.data_keys import NodeKeys, wrong_key
+from persistent_agent.storage.events import HOOK, Change, committed, observable, observed
 
 V = TypeVar("V", bound=BaseModel)
 
@@ -42,23 +42,7 @@ logger = getLogger(__name__)
 _PRUNE_EVERY = 256
 
 
-# Who to tell when storage fails under a running node. The runtime calls our
-# stores from its own tasks (the delivery inbox, for one), and a failure there
-# kills its listener task and nothing else: the process would stay up and
-# answer nothing. The node entry point listens here and exits instead.
-_failure_listeners: list[Callable[[StorageUnavailableError], None]] = []
-
-
-def on_storage_failure(listener: Callable[[StorageUnavailableError], None]) -> None:
-    """Call *listener* with the error whenever a store operation hits unavailable storage."""
-    _failure_listeners.append(listener)
-
-
-def _report_failure(error: StorageUnavailableError) -> None:
-    for listener in list(_failure_listeners):
-        listener(error)
-
-
+@observable
 class SQLCipherKeyValueStore(KeyValueStore[V]):
     """A namespace's key-value view, typed by one pydantic model.
 
@@ -77,8 +61,11 @@ class SQLCipherKeyValueStore(KeyValueStore[V]):
     _SELECT = f"SELECT value FROM {database.TABLE} WHERE key = ?"
     _DELETE = f"DELETE FROM {database.TABLE} WHERE key = ?"
 
-    def __init__(self, conn: database.Connection, model_cls: type[V], path: Path) -> None:
+    def __init__(
+        self, conn: database.Connection, model_cls: type[V], path: Path, namespace: str = ""
+    ) -> None:
         self._conn = conn
+        self.namespace = namespace or layout.namespace_of(path)
         self._model_cls = model_cls
         self._path = path
         self._validate_json = model_cls.model_validate_json
@@ -89,31 +76,45 @@ class SQLCipherKeyValueStore(KeyValueStore[V]):
         try:
             return self._conn.execute(sql, parameters)
         except database.Error as exc:
-            # A full disk or a lock held too long says so, naming the file.
-            error = database.storage_error(exc, self._path)
-            if isinstance(error, StorageUnavailableError):
-                _report_failure(error)
-            raise error from None
+            # A full disk or a lock held too long says so, naming the file
+            # (and the storage-events hook tells whoever listens: ``storage.events``).
+            raise database.storage_error(exc, self._path) from None
 
+    @observed("set")
     async def set(self, key: str, value: V | None) -> None:
         if value is None:
             # BaseAgent.clear_state() stores None; take it to mean "no value".
-            await self.delete(key)
+            await self._delete(key)
             return
-        self._execute(self._UPSERT, (key, dump_value(self._model_cls, value), time.time()))
+        text = dump_value(self._model_cls, value)
+        self._execute(self._UPSERT, (key, text, time.time()))
+        if HOOK.recorders:
+            await committed(Change(self.namespace, key, text))
 
+    @observed("update")
     async def update(self, key: str, value: V) -> None:
-        cursor = self._execute(self._UPDATE, (dump_value(self._model_cls, value), time.time(), key))
+        text = dump_value(self._model_cls, value)
+        cursor = self._execute(self._UPDATE, (text, time.time(), key))
         if cursor.rowcount == 0:
             raise KeyError(f"Key '{key}' not found for update.")
+        if HOOK.recorders:
+            await committed(Change(self.namespace, key, text))
 
+    @observed("get")
     async def get(self, key: str) -> V | None:
         row = self._execute(self._SELECT, (key,)).fetchone()
         return None if row is None else self._validate_json(row[0])
 
+    @observed("delete")
     async def delete(self, key: str) -> None:
-        self._execute(self._DELETE, (key,))
+        await self._delete(key)
 
+    async def _delete(self, key: str) -> None:
+        self._execute(self._DELETE, (key,))
+        if HOOK.recorders:
+            await committed(Change(self.namespace, key, None))
+
+    @observed("get")
     async def request_record(self, request_id: str) -> RecordedRequest | None:
         """What was recorded for *request_id* (see :meth:`set_recording`), if anything."""
         if not self._has_requests():
@@ -124,6 +125,7 @@ class SQLCipherKeyValueStore(KeyValueStore[V]):
         ).fetchone()
         return None if row is None else RecordedRequest(str(row[0]), row[1])
 
+    @observed("set")
     async def set_recording(self, key: str, value: V, request: Request) -> bool:
         """Store *value* and record *request* in one transaction; False (nothing
         written) when its id is already recorded."""
@@ -154,6 +156,8 @@ class SQLCipherKeyValueStore(KeyValueStore[V]):
                 self._conn.execute("ROLLBACK")
             raise
         self._requests_table = True
+        if HOOK.recorders:
+            await committed(Change(self.namespace, key, text, request_id=request.id))
         return True
 
     def _has_requests(self) -> bool:
@@ -168,6 +172,7 @@ class SQLCipherKeyValueStore(KeyValueStore[V]):
             )
         return self._requests_table
 
+    @observed("list")
     async def list(self) -> dict[str, V]:
         result: dict[str, V] = {}
         with database.storage_errors(self._path):
@@ -270,7 +275,7 @@ class SQLCipherStorageProvider(StorageProvider):
 
     async def get_kv_store(self, model_cls: type[V], namespace: str) -> KeyValueStore[V]:
         path = self._directory / layout.file_name(namespace)
-        return SQLCipherKeyValueStore(self._connection(path), model_cls, path)
+        return SQLCipherKeyValueStore(self._connection(path), model_cls, path, namespace)
 
     def close(self) -> None:
         """Close every connection; SQLite checkpoints the WAL on the last close."""

@@ -21,11 +21,8 @@ from naylence.fame.storage.storage_provider_factory import (
 )
 from pydantic import Field, SecretStr
 
-from persistent_agent.keys.custody import (
-    POSTGRES_DSN_VAR,
-    POSTGRES_PASSWORD_FILE_VAR,
-    SETTINGS,
-)
+from persistent_agent.keys.custody import SETTINGS
+from persistent_agent.storage.registry import BACKENDS
 
 
 def _field(setting: str) -> str:
@@ -50,12 +47,21 @@ ENCRYPTED_SQLITE_PROFILE: dict[str, Any] = {
 
 SHARED_PROVIDER_TYPE = "SharedStateStorageProvider"
 SHARED_PROFILE_NAME = "encrypted-postgres"
-ENCRYPTED_POSTGRES_PROFILE: dict[str, Any] = {
-    **ENCRYPTED_SQLITE_PROFILE,
-    "type": SHARED_PROVIDER_TYPE,
-    _field(POSTGRES_DSN_VAR): Expressions.env(POSTGRES_DSN_VAR, ""),
-    _field(POSTGRES_PASSWORD_FILE_VAR): Expressions.env(POSTGRES_PASSWORD_FILE_VAR, ""),
-}
+
+
+def backend_profile(name: str) -> dict[str, Any]:
+    """The runtime storage profile of registered backend *name* (``storage.registry``):
+    the node's own files as ``encrypted-sqlite`` has them, plus the backend's settings."""
+    entry = BACKENDS[name]
+    return {
+        **ENCRYPTED_SQLITE_PROFILE,
+        "type": SHARED_PROVIDER_TYPE,
+        "backend": name,
+        **{_field(setting): Expressions.env(setting, "") for setting in entry.settings},
+    }
+
+
+ENCRYPTED_POSTGRES_PROFILE: dict[str, Any] = backend_profile(SHARED_PROFILE_NAME)
 
 
 class SQLCipherStorageProviderConfig(StorageProviderConfig):
@@ -129,16 +135,32 @@ class SQLCipherStorageProviderFactory(StorageProviderFactory):
 
 
 class SharedStateStorageProviderConfig(SQLCipherStorageProviderConfig):
-    """A replica's own files (as above) plus the shared state's PostgreSQL server."""
+    """A node's own files (as above) plus a registered backend for the agent's state.
+
+    *backend* is its profile name in ``storage.registry``; each of its settings
+    is a field named by ``_field`` (``FAME_STORAGE_POSTGRES_DSN``:
+    ``postgres_dsn``), taken as an extra field for a backend added later.
+    """
 
     type: str = SHARED_PROVIDER_TYPE
 
+    backend: str = SHARED_PROFILE_NAME
     postgres_dsn: str = Field(default="", description="libpq connection string, no password")
     postgres_password_file: str = Field(default="", description="file holding the password")
 
+    def backend_settings(self) -> dict[str, str]:
+        """The backend's settings by variable name, expressions evaluated."""
+        from naylence.fame.factory.expression_evaluator import ExpressionEvaluator
+
+        fields = {**self.model_dump(), **(self.model_extra or {})}
+        return {
+            name: str(ExpressionEvaluator.evaluate(str(fields.get(_field(name)) or "")))
+            for name in BACKENDS[self.backend].settings
+        }
+
 
 class SharedStateStorageProviderFactory(StorageProviderFactory):
-    """Builds :class:`SharedStateStorageProvider` (profile ``encrypted-postgres``)."""
+    """Builds :class:`SharedStateStorageProvider` for any registered backend's profile."""
 
     async def create(
         self,
@@ -146,29 +168,18 @@ class SharedStateStorageProviderFactory(StorageProviderFactory):
         **kwargs: Any,
     ) -> StorageProvider:
         settings = _validated(SharedStateStorageProviderConfig, config)
-        from pathlib import Path
-
-        from persistent_agent.errors import ConfigError
-        from persistent_agent.keys.secret_files import read_private
         from persistent_agent.storage.provider import SQLCipherStorageProvider
+        from persistent_agent.storage.registry import backend_module
         from persistent_agent.storage.shared_provider import SharedStateStorageProvider
-        from persistent_agent.storage.shared_state import SharedState
 
-        if not settings.postgres_dsn:
-            raise ConfigError(
-                f"{POSTGRES_DSN_VAR} is not set; the {SHARED_PROFILE_NAME} profile needs the "
-                "PostgreSQL server of the shared state (see docs/replicas.md)"
-            )
-        password = (
-            read_private(Path(settings.postgres_password_file), POSTGRES_PASSWORD_FILE_VAR)
-            if settings.postgres_password_file
-            else None
-        )
+        module = backend_module(settings.backend)
+        values = settings.backend_settings()
+        module.check_settings(values)
         local = await SQLCipherStorageProviderFactory().create(settings)
         if not isinstance(local, SQLCipherStorageProvider):  # pragma: no cover
             raise TypeError("the SQLCipher factory made no SQLCipher provider")
         try:
-            shared = await SharedState.open(settings.postgres_dsn, password, local.key_source)
+            shared = await module.open_backend(values, local.key_source)
         except BaseException:
             local.close()
             raise
@@ -183,12 +194,13 @@ def register_encrypted_sqlite_profile() -> None:
         ENCRYPTED_SQLITE_PROFILE,
         RegisterProfileOptions(allow_override=True, source="persistent-agent"),
     )
-    register_profile(
-        PROFILE_BASE_TYPE,
-        SHARED_PROFILE_NAME,
-        ENCRYPTED_POSTGRES_PROFILE,
-        RegisterProfileOptions(allow_override=True, source="persistent-agent"),
-    )
+    for name in BACKENDS:  # one profile per registered backend (storage.registry)
+        register_profile(
+            PROFILE_BASE_TYPE,
+            name,
+            backend_profile(name),
+            RegisterProfileOptions(allow_override=True, source="persistent-agent"),
+        )
 
 
 register_encrypted_sqlite_profile()

@@ -26,9 +26,11 @@ of the namespace, an HMAC of the key, a version number and a sealed blob.
 
 This module is the PostgreSQL backend (``storage.backend.StateBackend``):
 the connection pool and outage probe, the compare-and-set SQL and the
-keyring bootstrap. How rows and request records are sealed is
-``storage.sealing``; nothing else imports psycopg (the tools' backup,
-restore and rotate-key in ``ops.shared_tools`` aside).
+keyring bootstrap, and what the operator tools need (``StoredTables``: the
+tables as stored, the replicas' lock, restore, re-wrapping the keyring). How
+rows and request records are sealed is ``storage.sealing``; nothing else
+imports psycopg. ``storage.registry`` opens it by profile name
+(:func:`open_backend`).
 
 Connections come from a ``psycopg_pool`` pool that checks each connection
 before lending it and reconnects by itself: while the server is down, calls
@@ -40,9 +42,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -55,13 +59,15 @@ from persistent_agent.addresses import loopback
 from persistent_agent.errors import (
     ConfigError,
     PersistentAgentError,
+    ServicesRunningError,
     SharedRowError,
     SharedStateError,
     SharedStateUnavailableError,
 )
-from persistent_agent.keys.custody import KeySource
+from persistent_agent.keys.custody import POSTGRES_DSN_VAR, POSTGRES_PASSWORD_FILE_VAR, KeySource
 from persistent_agent.keys.keyring import KeyWrapper
 from persistent_agent.keys.master_key import KEY_BYTES
+from persistent_agent.keys.secret_files import read_private
 from persistent_agent.storage.backend import (
     REQUEST_WINDOW_SECONDS,
     BackendKeyValueStore,
@@ -80,15 +86,20 @@ V = TypeVar("V", bound=BaseModel)
 __all__ = [
     "KEYRING_FORMAT",
     "KEY_NAMES",
+    "OPEN_TIMEOUT",
     "REPLICAS_LOCK",
+    "TABLES",
     "Row",
     "SharedKeyValueStore",
     "SharedState",
     "StateKeys",
     "VersionedStore",
+    "check_settings",
     "check_tls",
     "describe",
+    "describe_settings",
     "keyring_ad",
+    "open_backend",
     "rewrap_keys",
 ]
 
@@ -104,12 +115,20 @@ REQUESTS_TABLE = "pa_requests"
 SCHEMA_LOCK = 0x7061_0001
 REPLICAS_LOCK = 0x7061_0002
 CONNECT_TIMEOUT = 5.0
+# How long opening waits for the server before it is unavailable (``open``'s timeout).
+OPEN_TIMEOUT = 10.0
 # How long a call waits for a connection: below the client's per-try timeout,
 # so that an outage reaches the caller as its own error, not as a timeout.
 CHECKOUT_TIMEOUT = 1.5
 # Once a call found the server gone, calls fail at once (rather than each
 # waiting out CHECKOUT_TIMEOUT in turn) while a probe tries it this often.
 PROBE_INTERVAL = 0.25
+
+TABLES: dict[str, tuple[str, ...]] = {
+    KEYRING_TABLE: ("name", "wrapped", "wrapped_by"),
+    ROWS_TABLE: ("namespace", "key", "version", "sealed"),
+    REQUESTS_TABLE: ("id", "sealed", "created_at"),
+}
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS pa_keyring ("
@@ -171,15 +190,87 @@ def check_tls(dsn: str) -> None:
         )
 
 
+# ---------------------------------------------------------------- for the operator tools
+
+
+class _ToolSide:
+    """What backup, restore and rotate-key need of the shared state beyond rows
+    (``storage.backend.StoredTables``); mixed into :class:`SharedState`."""
+
+    _dsn: str
+    _connect_kwargs: dict[str, Any]
+    _pool: AsyncConnectionPool
+    where: str
+
+    async def stored(self) -> AsyncGenerator[tuple[str, tuple[Any, ...]]]:
+        """Every table's records as stored (sealed), table by table, from one snapshot,
+        streamed from the server: a large state is never held in memory."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            for table, columns in TABLES.items():
+                cursor = conn.cursor()
+                async for record in cursor.stream(
+                    f"SELECT {', '.join(columns)} FROM {table}"  # noqa: S608 - fixed names
+                ):
+                    yield table, tuple(record)
+
+    @contextlib.asynccontextmanager
+    async def writers_stopped(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection of its own holding the replicas lock exclusively: no replica
+        runs, on any host, while it is held (released when the connection closes)."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._dsn, **self._connect_kwargs)
+        except psycopg.OperationalError as exc:
+            raise SharedStateError(
+                f"cannot connect to {self.where}: {str(exc).strip().splitlines()[0]}"
+            ) from None
+        async with conn:
+            cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (REPLICAS_LOCK,))
+            found = await cur.fetchone()
+            if not found or not found[0]:
+                raise ServicesRunningError(
+                    f"agent replicas are running against {self.where} (they hold its replicas "
+                    "lock); stop every replica, on every host, then run this again"
+                )
+            yield conn
+
+    async def load(self, records: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        """Put *records* (``stored``'s, from a backup) into this empty shared state, the
+        keyring included, in one transaction with every replica stopped."""
+        async with self.writers_stopped() as conn, conn.transaction():
+            await conn.execute("DELETE FROM pa_keyring")
+            for table, values in records:
+                columns = TABLES.get(table)
+                if columns is None or len(values) != len(columns):
+                    raise SharedStateError(f"a backup record of {table!r} does not fit its table")
+                await conn.execute(
+                    f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608 - fixed names
+                    f"VALUES ({', '.join(['%s'] * len(columns))})",
+                    list(values),
+                )
+
+    async def rewrap(self, old: KeyWrapper, new: KeyWrapper) -> int:
+        """Re-wrap the shared keys from *old* to *new*, with every replica stopped."""
+        async with self.writers_stopped() as conn:
+            return await rewrap_keys(conn, old, new)
+
+
 class _Lost(Exception):
     """A compare-and-set lost its race (rolls the transaction back)."""
 
 
-class SharedState:
+class SharedState(_ToolSide):
     """The shared state in one PostgreSQL database, for one replica."""
+
+    # What backup, restore and rotate-key see (``storage.backend.StoredTables``):
+    # the tables as stored, still sealed, each with its columns.
+    tables: dict[str, tuple[str, ...]] = TABLES
+    rows_table = ROWS_TABLE
 
     def __init__(self, pool: AsyncConnectionPool, keys: StateKeys, where: str) -> None:
         self._pool = pool
+        self._dsn = ""
+        self._connect_kwargs: dict[str, Any] = {}
         self._keys = keys
         self.where = where
         self._writes = 0
@@ -198,15 +289,21 @@ class SharedState:
         *,
         max_size: int = 4,
         hold_replica_lock: bool = True,
+        timeout: float = OPEN_TIMEOUT,
     ) -> SharedState:
         """Connect, make the tables and keys if this is the first replica, unwrap the keys.
 
         Fails with one line, before writing anything, when the server cannot
-        be reached or the master key is not the one the shared keys were made with.
+        be reached within *timeout* seconds or the master key is not the one
+        the shared keys were made with.
         """
+        if timeout <= 0:
+            raise ConfigError(f"the shared state's open timeout must be positive, not {timeout}")
         check_tls(dsn)
         where = describe(dsn)
-        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)}
+        # libpq counts connect_timeout in whole seconds, and takes less than 2 as 2.
+        connect = max(2, min(int(CONNECT_TIMEOUT), math.ceil(timeout)))
+        kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": connect}
         if password is not None:
             kwargs["password"] = password
         pool = AsyncConnectionPool(
@@ -221,12 +318,12 @@ class SharedState:
             name="persistent-agent-shared-state",
         )
         try:
-            await pool.open(wait=True, timeout=CONNECT_TIMEOUT * 2)
+            await pool.open(wait=True, timeout=timeout)
         except PoolTimeout:
             await pool.close()
             raise SharedStateUnavailableError(
                 f"{SharedStateUnavailableError.PREFIX}: cannot connect to {where} "
-                f"within {CONNECT_TIMEOUT * 2:g}s; is the server running, and are "
+                f"within {timeout:g}s; is the server running, and are "
                 "FAME_STORAGE_POSTGRES_DSN and the password file right?"
             ) from None
         try:
@@ -235,6 +332,7 @@ class SharedState:
             await pool.close()
             raise
         state = cls(pool, keys, where)
+        state._dsn, state._connect_kwargs = dsn, kwargs
         if hold_replica_lock:
             state._liveness = asyncio.create_task(state._hold_replica_lock(kwargs, dsn))
         return state
@@ -438,6 +536,50 @@ class SharedState:
             cur = await conn.execute("SELECT count(*) FROM pa_state")
             found = await cur.fetchone()
         return int(found[0]) if found else 0
+
+
+# ---------------------------------------------------------------- the registry's view
+# (``storage.registry``: how the node and the tools open this backend by profile)
+
+
+def check_settings(settings: Mapping[str, str]) -> None:
+    """Refuse settings that cannot work, before connecting: no DSN, or one without TLS."""
+    dsn = settings.get(POSTGRES_DSN_VAR, "")
+    if not dsn:
+        raise ConfigError(
+            f"{POSTGRES_DSN_VAR} is not set; the encrypted-postgres profile keeps the agent's "
+            "state in PostgreSQL (see docs/replicas.md)"
+        )
+    check_tls(dsn)
+    if password_file := settings.get(POSTGRES_PASSWORD_FILE_VAR):
+        read_private(Path(password_file), POSTGRES_PASSWORD_FILE_VAR)
+
+
+def describe_settings(settings: Mapping[str, str]) -> str:
+    return describe(settings.get(POSTGRES_DSN_VAR, ""))
+
+
+async def open_backend(
+    settings: Mapping[str, str],
+    source: KeySource,
+    *,
+    replica: bool = True,
+    timeout: float = OPEN_TIMEOUT,
+) -> SharedState:
+    """The shared state its settings name; a replica holds the replicas lock, a tool not."""
+    check_settings(settings)
+    password_file = settings.get(POSTGRES_PASSWORD_FILE_VAR)
+    password = (
+        read_private(Path(password_file), POSTGRES_PASSWORD_FILE_VAR) if password_file else None
+    )
+    return await SharedState.open(
+        settings[POSTGRES_DSN_VAR],
+        password,
+        source,
+        max_size=4 if replica else 2,
+        hold_replica_lock=replica,
+        timeout=timeout,
+    )
 
 
 async def _load_keys(pool: AsyncConnectionPool, wrapper: KeyWrapper, where: str) -> StateKeys:

@@ -1,0 +1,95 @@
+"""The storage backends by profile name: the one place that lists them.
+
+A backend of the agent's state (``storage.backend.StateBackend``) is one
+module plus one entry in :data:`BACKENDS`: the storage profile that selects it
+(``FAME_STORAGE_PROFILE``), its module, and the environment variables it
+reads. Everything else finds it here by the profile name:
+
+* ``storage.provider_factory`` registers one runtime storage profile per entry,
+  served by ``SharedStateStorageProvider`` (the node's own ``__*`` namespaces
+  in local SQLCipher files, the agent's state in the backend);
+* the operator tools (``ops.shared_tools``) open it from ``config/.env.agent``
+  for verify, inspect, backup, restore, rotate-key and migrate-state.
+
+The module is imported only when its profile is used, so no driver loads in a
+node that does not use it. It provides what :class:`BackendModule` names.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+from persistent_agent.errors import StorageProfileError
+from persistent_agent.keys.custody import (
+    POSTGRES_DSN_VAR,
+    POSTGRES_PASSWORD_FILE_VAR,
+    KeySource,
+)
+from persistent_agent.storage.backend import StateBackend
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """One backend: where its code is, and which settings it reads."""
+
+    module: str
+    settings: tuple[str, ...]  # environment variables, by name
+    about: str  # one line, for messages and docs
+
+
+BACKENDS: dict[str, BackendEntry] = {
+    "encrypted-postgres": BackendEntry(
+        "persistent_agent.storage.shared_state",
+        (POSTGRES_DSN_VAR, POSTGRES_PASSWORD_FILE_VAR),
+        "PostgreSQL shared by replicas, rows sealed before they leave the node",
+    ),
+}
+
+# How long opening a backend may take, by default, before it is unavailable.
+OPEN_TIMEOUT = 10.0
+
+
+class BackendModule(Protocol):
+    """What a backend's module provides (``shared_state`` is the example)."""
+
+    def check_settings(self, settings: Mapping[str, str]) -> None:
+        """Refuse, in one line and before connecting, settings that cannot work."""
+        ...
+
+    def describe_settings(self, settings: Mapping[str, str]) -> str:
+        """Where the backend keeps the state, for messages: no password, no key."""
+        ...
+
+    async def open_backend(
+        self,
+        settings: Mapping[str, str],
+        source: KeySource,
+        *,
+        replica: bool = True,
+        timeout: float = OPEN_TIMEOUT,
+    ) -> StateBackend:
+        """Open it with the node's key; *replica* False for a tool (it holds no
+        replica's lock). Fails with one line after *timeout* seconds unreachable."""
+        ...
+
+
+def profiles() -> list[str]:
+    """Every registered backend profile, sorted."""
+    return sorted(BACKENDS)
+
+
+def entry(profile: str) -> BackendEntry | None:
+    return BACKENDS.get(profile)
+
+
+def backend_module(profile: str) -> BackendModule:
+    """The module of the backend *profile* selects, imported now."""
+    found = BACKENDS.get(profile)
+    if found is None:
+        raise StorageProfileError(
+            f"{profile!r} is not a storage backend; registered: {', '.join(profiles())}"
+        )
+    return cast(BackendModule, importlib.import_module(found.module))
