@@ -10,9 +10,12 @@ Standard library only: ``make init`` runs this on a bare host Python.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from persistent_agent.errors import ConfigError
 
@@ -28,12 +31,23 @@ def write_file(path: Path, data: bytes, mode: int) -> None:
     The temp file is owner-only from its creation; *mode* is set before it
     takes the name (0644 for a certificate anyone may read).
     """
+    with replacing(path, mode) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def replacing(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """A new file, written through the handle given, that takes *path*'s name with
+    *mode* only once written whole and synced (a backup streamed row by row, say).
+
+    mkstemp creates the temp file exclusively, owner-only, under a fresh name;
+    on any error it is removed and *path* is left as it was.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp creates the temp file exclusively, owner-only, under a fresh name.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())

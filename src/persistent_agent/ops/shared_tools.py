@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,7 +38,7 @@ from persistent_agent.errors import (
 )
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.keyring import KeyWrapper
-from persistent_agent.keys.secret_files import sync_directory, write_private
+from persistent_agent.keys.secret_files import replacing, write_private
 from persistent_agent.ops.config_files import env_file, read_env
 from persistent_agent.ops.node_keys import source_of
 from persistent_agent.storage import registry
@@ -274,19 +274,13 @@ def _dumps(value: Any) -> str:
 
 @contextlib.contextmanager
 def _private_file(path: Path) -> Iterator[IO[str]]:
-    """A new owner-only file that takes *path*'s name, synced, only once written whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    """A new owner-only text file that takes *path*'s name, synced, only once written whole."""
+    with replacing(path, 0o600) as raw:
+        handle = io.TextIOWrapper(raw, encoding="utf-8")
+        try:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    sync_directory(path.parent)
+        finally:
+            handle.detach()  # flushes; the binary handle is replacing()'s to sync and close
 
 
 def backup(config: SharedConfig, dest: Path) -> int:
