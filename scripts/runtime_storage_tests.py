@@ -282,14 +282,9 @@ def install_test_deps(deps: Path) -> None:
 
 def start_postgres(root: Path) -> Any:
     """A TLS-only PostgreSQL server of the project's own, as tests/conftest.py makes it."""
-    from persistent_agent.access import pki
-    from persistent_agent.ops.postgres_server import PostgresServer, ServerTls
+    from persistent_agent.ops.postgres_server import PostgresServer
 
-    pki.ensure_ca(root / "access")
-    pki.ensure_server_cert(root / "access", "postgres")
-    server = PostgresServer(
-        root / "pg", root / "pg" / "superuser.password", ServerTls.in_access_dir(root / "access")
-    )
+    server = PostgresServer.scratch(root)
     server.start()
     return server
 

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from persistent_agent.access import pki
 from persistent_agent.keys.master_key import MasterKey, generate_master_key, parse_master_key
 from persistent_agent.ops import config_files
-from persistent_agent.ops.postgres_server import PostgresServer, ServerTls, binaries
+from persistent_agent.ops.postgres_server import PostgresServer, binaries
 from persistent_agent.storage.layout import LOCK_FILE
 
 from . import writers
@@ -171,12 +170,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServe
     pytest's temporary directories are owner-only, so run as root this also
     exercises the way the server reaches its data as an unprivileged user.
     """
-    root = tmp_path_factory.mktemp("postgres")
-    pki.ensure_ca(root / "access")
-    pki.ensure_server_cert(root / "access", "postgres")
-    server = PostgresServer(
-        root / "pg", root / "pg" / "superuser.password", ServerTls.in_access_dir(root / "access")
-    )
+    server = PostgresServer.scratch(tmp_path_factory.mktemp("postgres"))
     server.start()
     yield server
     server.stop()

@@ -12,7 +12,7 @@ from persistent_agent.access import pki
 from persistent_agent.errors import ConfigError, LocalNodeError
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.master_key import MasterKey
-from persistent_agent.ops.postgres_server import PostgresServer, ServerTls
+from persistent_agent.ops.postgres_server import PostgresServer
 from persistent_agent.storage.shared_state import SharedState, check_tls
 
 
@@ -128,17 +128,11 @@ async def test_the_shared_state_refuses_before_connecting(
 
 
 def test_a_cluster_of_another_major_version_is_refused_untouched(tmp_path: Path) -> None:
-    pki.ensure_ca(tmp_path / "access")
-    pki.ensure_server_cert(tmp_path / "access", "postgres")
+    server = PostgresServer.scratch(tmp_path)
     cluster = tmp_path / "pg" / "cluster"
     cluster.mkdir(parents=True)
     (cluster / "PG_VERSION").write_text("16\n")
     before = sorted(p.name for p in cluster.iterdir())
-    server = PostgresServer(
-        tmp_path / "pg",
-        tmp_path / "pg" / "superuser.password",
-        ServerTls.in_access_dir(tmp_path / "access"),
-    )
     with pytest.raises(LocalNodeError, match=r"made by PostgreSQL 16 .* nothing was changed"):
         server.start()
     assert sorted(p.name for p in cluster.iterdir()) == before

@@ -122,6 +122,17 @@ class PostgresServer:
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _mounts: list[Path] = field(default_factory=list, repr=False)
 
+    @classmethod
+    def scratch(cls, root: Path) -> PostgresServer:
+        """A server of its own under *root* (the tests', the runtime-tests script's): a
+        CA and the ``postgres`` certificate in ``root/access``, the cluster in ``root/pg``."""
+        from persistent_agent.access import pki
+
+        pki.ensure_ca(root / "access")
+        pki.ensure_server_cert(root / "access", "postgres")
+        tls = ServerTls.in_access_dir(root / "access")
+        return cls(root / "pg", root / "pg" / "superuser.password", tls)
+
     @property
     def cluster(self) -> Path:
         return self.data_dir / "cluster"
