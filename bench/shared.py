@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Each replica's credential (role agent), as ops/replicas.py names them.
+# Each replica's credential (role agent), as access/project.py names them.
 REPLICA_CREDENTIALS = {"replica-1": "agent", "replica-2": "agent"}
 # Added to a reply here: how often the agent refused the call as overloaded first.
 REFUSED = "overload_retries"
@@ -153,17 +153,17 @@ def bench_shared(
     *make_nodes(root)* gives an initialised LocalNodes root (with its access
     material); *client_env(nodes)* makes this process a client of its sentinel.
     """
-    from persistent_agent.ops import access
-    from persistent_agent.ops.local_nodes import access_dir
-    from persistent_agent.ops.postgres_server import PostgresServer, ServerTls
-    from persistent_agent.ops.replicas import LocalReplicas, replica_ids
+    from persistent_agent.access import project
+    from persistent_agent.access.project import access_dir, replica_ids
+    from persistent_agent.demo.postgres_server import PostgresServer, ServerTls
+    from persistent_agent.demo.replicas import LocalReplicas
 
     calls = 160 if quick else 640
     rows: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         base = make_nodes(root / "stack")
-        access.ensure(base.config_dir, REPLICA_CREDENTIALS)  # kept if already there
+        project.ensure(base.config_dir, REPLICA_CREDENTIALS)  # kept if already there
         server = PostgresServer(
             root / "pg",
             root / "pg" / "superuser.password",

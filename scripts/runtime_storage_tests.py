@@ -117,7 +117,7 @@ _serial = itertools.count()
 
 def _postgres_server() -> Any:
     """The driver's PostgreSQL server, rebuilt from its directory and port."""
-    from persistent_agent.ops.postgres_server import PostgresServer, ServerTls
+    from persistent_agent.demo.postgres_server import PostgresServer, ServerTls
 
     root = Path(os.environ[PG_ROOT_VAR])
     return PostgresServer(
@@ -282,7 +282,7 @@ def install_test_deps(deps: Path) -> None:
 
 def start_postgres(root: Path) -> Any:
     """A TLS-only PostgreSQL server of the project's own, as tests/conftest.py makes it."""
-    from persistent_agent.ops.postgres_server import PostgresServer
+    from persistent_agent.demo.postgres_server import PostgresServer
 
     server = PostgresServer.scratch(root)
     server.start()

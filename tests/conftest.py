@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import structlog
 
+from persistent_agent.demo.postgres_server import PostgresServer, binaries
 from persistent_agent.keys.master_key import MasterKey, generate_master_key, parse_master_key
 from persistent_agent.ops import config_files
-from persistent_agent.ops.postgres_server import PostgresServer, binaries
 from persistent_agent.storage.layout import LOCK_FILE
 
 from . import writers
@@ -111,10 +111,10 @@ def config_dir(tmp_path: Path) -> Path:
 def initialised(config_dir: Path) -> Path:
     """A project root after `make init` and `make access`: config/ with a key and
     config/access (CA, certificates, credentials), empty data/."""
-    from persistent_agent.ops import access
+    from persistent_agent.access import project
 
     config_files.init(config_dir, config_dir.parent / "data")
-    access.ensure(config_dir)
+    project.ensure(config_dir)
     return config_dir.parent
 
 
@@ -238,6 +238,7 @@ SLOW = frozenset({
     "tests/access/test_issuer.py::test_aiohttp_pins_the_ca_through_ssl_cert_file",
     "tests/access/test_issuer.py::test_bad_settings_and_missing_files_are_one_line_exit_2",
     "tests/client/test_cli.py::test_an_out_of_range_by_is_refused_before_connecting",
+    "tests/metrics/test_listener.py::test_series_stay_flat_while_ten_thousand_keys_are_written",
     "tests/ops/test_admin_cli.py::test_a_bad_port_setting_is_one_line",
     "tests/ops/test_admin_cli.py::test_debug_prints_the_chain_the_one_line_hides",
     "tests/ops/test_admin_cli.py::test_debug_reaches_the_client_local_run_starts",
@@ -256,6 +257,7 @@ SLOW = frozenset({
     "tests/test_docs.py::test_generated_text_in_the_docs_is_current",
     "tests/test_makefile.py::test_local_run_with_nothing_running_names_the_target_that_starts_it",
     "tests/test_makefile.py::test_local_status_with_nothing_running_ends_without_makes_error",
+    "tests/test_packaging.py::test_a_deployment_runs_without_the_demo_extra",
     "tests/test_scripts.py::test_find_error_digs_through_wrapping",
 })  # fmt: skip
 

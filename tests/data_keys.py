@@ -9,6 +9,7 @@ from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.master_key import FILE_ENV_VAR, MasterKey, write_key_file
 from persistent_agent.ops import config_files
 from persistent_agent.storage.data_keys import NodeKeys
+from persistent_agent.storage.layout import env_file
 
 
 def data_key(path: Path, key: MasterKey | KeySource) -> bytes:
@@ -26,4 +27,4 @@ def set_node_key(config_dir: Path, role: str, key: str) -> None:
     """Give *role* a key file of its own holding *key* (a wrong key, say), as a user could."""
     name = f"{role}-own.key"
     write_key_file(config_dir / name, key)
-    config_files.edit_vars(config_files.env_file(config_dir, role), {FILE_ENV_VAR: name})
+    config_files.edit_vars(env_file(config_dir, role), {FILE_ENV_VAR: name})

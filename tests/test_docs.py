@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from persistent_agent.demo.local_nodes import free_port
 from persistent_agent.ops import admin
-from persistent_agent.ops.local_nodes import free_port
 
 from .conftest import REPO, bare_copy
 from .test_makefile import documented_targets
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # Every file with a cog block (the variable tables in README.md included).
-GENERATED = [REPO / "README.md", REPO / "docs" / "operations.md"]
+GENERATED = [REPO / "README.md", REPO / "docs" / "operations.md", REPO / "docs" / "metrics.md"]
 
 
 def _all_docs() -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from persistent_agent.ops.local_nodes import free_port
+from persistent_agent.demo.local_nodes import free_port
 
 from .conftest import REPO, bare_copy
 
@@ -34,6 +34,7 @@ NEEDS: dict[str, set[str]] = {
     "local-run-verbose": {"install", "init"},
     "local-stop": {"install"},
     "local-status": {"install"},
+    "metrics": {"install"},
     "base-image": set(),
     "build": set(),
     "start": {"init"},
@@ -61,7 +62,7 @@ NEEDS: dict[str, set[str]] = {
 # Operator tools read keys, they never create one as a side effect.
 NO_INIT = {
     "verify", "inspect", "backup", "restore", "rotate-key", "migrate-state", "local-stop",
-    "local-status",
+    "local-status", "metrics",
 }  # fmt: skip
 STEPS = {
     "install": re.compile(r"-m venv .*\n(.*\n)*.*pip install"),

@@ -20,22 +20,14 @@ from .conftest import REPO
 
 SRC = REPO / "src" / "persistent_agent"
 
-# Modules another change is restructuring; their reads move to the registry in
-# a follow-up (errors.py sits below settings, which imports it, so it reads
-# PERSISTENT_AGENT_DEBUG itself). Their reads must still name declared variables.
-FOLLOW_UP = {
-    "errors.py",
-    "node/serving.py",
-    "node/state.py",
-    "ops/shared_tools.py",
-    "ops/inspection.py",
-    "ops/backup.py",
-    "ops/rotation.py",
-}
-# By-name reads of os.environ a converted module may keep, and why.
+# Modules that hand the runtime ``Expressions.env(name)`` for names taken from
+# declared settings, in a loop (so the scan cannot resolve them).
+BUILT_FROM_SETTINGS = {"storage/provider_factory.py"}
+# By-name reads of os.environ that do not go through the registry, and why.
 KEPT = {
-    # saved to be restored exactly (unset versus empty) after a temporary write
-    ("ops/admin.py", "PYTHONSAFEPATH"),
+    # errors.py sits below settings (which raises its ConfigError), so it reads
+    # its one variable itself; settings declares it like every other.
+    ("errors.py", "PERSISTENT_AGENT_DEBUG"),
 }
 
 
@@ -233,31 +225,36 @@ def _module(relative: str) -> Any:
     return importlib.import_module(dotted.removesuffix(".__init__"))
 
 
-def _follow_up(relative: str) -> bool:
-    return relative in FOLLOW_UP or relative.startswith("storage/")
-
-
 def test_every_variable_read_in_src_is_declared() -> None:
     declared = {s.name for s in settings.declared()}
     reads = _environment_reads() + _environment_reads(runtime=True)
     assert reads, "the scan finds nothing: it is broken"
     assert [r for r in reads if r[2] is not None and r[2] not in declared] == []
-    # A read whose name is not a constant is allowed only where the follow-up goes.
-    assert [r for r in reads if r[2] is None and not _follow_up(r[0])] == []
+    # Every read names its variable (a literal or a module constant), but the
+    # runtime's profiles, built from declared settings (test below).
+    assert [r for r in reads if r[2] is None and r[0] not in BUILT_FROM_SETTINGS] == []
 
 
-def test_converted_modules_read_through_the_registry() -> None:
-    """Outside the follow-up list, the environment is read by name only via settings."""
+def test_the_storage_profiles_read_declared_settings_only() -> None:
+    from persistent_agent.keys.custody import SETTINGS
+    from persistent_agent.storage import registry
+
+    assert [name for name in SETTINGS if name not in {s.name for s in settings.declared()}] == []
+    for entry in registry.BACKENDS.values():
+        assert all(settings.lookup(s.name) is s for s in entry.settings)
+
+
+def test_every_reader_goes_through_the_registry() -> None:
+    """The environment is read by name only via settings, but for the KEPT reads."""
     direct = [
-        (file, line, name)
-        for file, line, name in _environment_reads()
-        if not _follow_up(file) and (file, name) not in KEPT
+        (file, line, name) for file, line, name in _environment_reads() if (file, name) not in KEPT
     ]
     assert direct == []
 
 
 def _referenced_settings() -> set[str]:
-    """Names used as ``settings.X`` / ``registry.X`` anywhere in src/ but settings.py."""
+    """Names used as ``settings.X`` (or under the aliases ``registry``, ``declared``)
+    anywhere in src/ but settings.py."""
     names: set[str] = set()
     for path in SRC.rglob("*.py"):
         if path.name == "settings.py":
@@ -266,6 +263,7 @@ def _referenced_settings() -> set[str]:
             if isinstance(node, ast.Attribute) and getattr(node.value, "id", "") in (
                 "settings",
                 "registry",
+                "declared",
             ):
                 names.add(node.attr)
     return names
@@ -275,12 +273,6 @@ def test_every_declared_variable_is_read_or_is_someone_elses() -> None:
     """A declaration nobody reads is a stale one, unless the runtime or a library reads it."""
     reads = _environment_reads() + _environment_reads(runtime=True)
     used = _referenced_settings() | {name for _, _, name in reads if name}
-    # A follow-up module may pass a variable's name to a reader of its own
-    # (serving.seconds_setting): its string constants count as reads.
-    for path in SRC.rglob("*.py"):
-        relative = path.relative_to(SRC).as_posix()
-        if _follow_up(relative) and relative != "storage/__init__.py":
-            used |= {v for v in vars(_module(relative)).values() if isinstance(v, str)}
     unread = [
         s.name
         for s in settings.declared()

@@ -1,6 +1,6 @@
 """persistent-agent: the Naylence persistence example in Python, on SQLCipher.
 
-The file tree is the architecture: six wings, each importing only the ones
+The file tree is the architecture: eight wings, each importing only the ones
 above it in this list (``make lint`` checks it; ``access`` and ``storage``
 are side by side and import neither the other), then the agent's entry point.
 
@@ -21,6 +21,7 @@ are side by side and import neither the other), then the agent's entry point.
   ``access.authorizer``: the sentinel's authorizer, by the token's role;
   ``access.factories``: the runtime hooks (authorizer, secret-file provider);
   ``access.fabric``: each node's TLS and admission settings, the CA pinned;
+  ``access.project``: the project's credentials and certificates (make access);
   ``access.handshakes``: each refused TLS handshake one log line.
 - ``storage/``: encrypted files and the runtime's storage hooks.
   ``storage.layout``: file names and data directories;
@@ -38,6 +39,16 @@ are side by side and import neither the other), then the agent's entry point.
   ``storage.shared_provider``: a replica's own files plus the shared state;
   ``storage.events``: the storage-events hook (observations, change records);
   ``storage.registry``: the backends by profile name, loaded when chosen.
+- ``metrics/``: what an operator can see of storage, keys and access.
+  ``metrics.series``: every series declared once (the docs table);
+  ``metrics.instruments``: its counters and histograms, in one registry;
+  ``metrics.listener``: one listener on the storage-events hook;
+  ``metrics.gauges``: read on scrape: sizes, keyring, custody, certificates,
+  backup age;
+  ``metrics.rpcs``: the agent's calls by operation and outcome;
+  ``metrics.refusals``: the sentinel's refusals by reason;
+  ``metrics.summary``: what ``make metrics`` prints;
+  ``metrics.endpoint``: ``/metrics`` on loopback, started by each node.
 - ``node/``: what runs inside the node processes.
   ``node.serving``: settings, preflight, serving (both node entry points);
   ``node.agent``: ``PersistentAgent`` and its state model;
@@ -59,6 +70,11 @@ are side by side and import neither the other), then the agent's entry point.
   is worth another try);
   ``client.failures``: where an error came from (local configuration,
   transport, sentinel, agent) and its one line.
+- ``demo/``: what the demo and the tests run; no deployment imports it
+  (its packages are the ``demo`` extra).
+  ``demo.local_nodes``: the issuer and the nodes as local processes;
+  ``demo.postgres_server``: a PostgreSQL server of the project's own;
+  ``demo.replicas``: agent replicas as local processes (demo-replicas).
 - ``ops/``: what the operator runs.
   ``ops.admin``: the ``persistent-agent-admin`` CLI;
   ``ops.config_files``: ``config/.env.*``, the key file and ``make init``;
@@ -66,10 +82,7 @@ are side by side and import neither the other), then the agent's entry point.
   ``ops.inspection``: verify and inspect; ``ops.backup``: backup and restore;
   ``ops.access_backup``: config/access sealed into backups;
   ``ops.rotation``: rotate-key;
-  ``ops.local_nodes``: the issuer and the nodes as local processes;
-  ``ops.access``: make access, rotate-credentials, reissue-certs;
-  ``ops.postgres_server``: a PostgreSQL server of the project's own;
-  ``ops.replicas``: agent replicas as local processes (demo-replicas);
+  ``ops.access``: rotate-credentials, reissue-certs;
   ``ops.shared_tools``: the tools' side of the shared state.
 - ``__main__``: the agent entry point.
 

@@ -87,6 +87,11 @@ class Setting(Generic[T]):
     def is_set(self, env: Source | None = None) -> bool:
         return self.raw(env) is not None
 
+    def present(self, env: Source | None = None) -> bool:
+        """Whether *env* names the variable at all, even blank (a blank one may be
+        deliberate: an env file's value does not fill it in)."""
+        return self.name in (os.environ if env is None else env)
+
     def value(self, env: Source | None = None) -> T:
         """The parsed value in *env* (default: the process environment), else the default."""
         text = self.raw(env)
@@ -642,6 +647,35 @@ PYTHONSAFEPATH = flag(
     readers=("admin",),
     default=False,
     owner="python",
+)
+
+# ---------------------------------------------------------------- metrics (docs/metrics.md)
+
+PERSISTENT_AGENT_METRICS_PORT = port(
+    "PERSISTENT_AGENT_METRICS_PORT",
+    "Where a node serves Prometheus /metrics, plaintext (unset: not served); "
+    "the local launcher gives each node a free port",
+    readers=NODES,
+    default=None,
+)
+PERSISTENT_AGENT_METRICS_HOST = text(
+    "PERSISTENT_AGENT_METRICS_HOST",
+    "The address /metrics listens on: loopback only, any other is refused",
+    readers=NODES,
+    default="127.0.0.1",
+)
+PERSISTENT_AGENT_BACKUPS_DIR = path(
+    "PERSISTENT_AGENT_BACKUPS_DIR",
+    "Where a node's backup-age gauge finds the newest backup manifest "
+    "(the local launcher: backups/ beside data/)",
+    readers=NODES,
+    default=None,
+)
+PERSISTENT_AGENT_LOCAL_METRICS = flag(
+    "PERSISTENT_AGENT_LOCAL_METRICS",
+    "Whether the local launcher gives each node a /metrics port (make local-start, make demo)",
+    readers=("admin",),
+    default=True,
 )
 
 # ---------------------------------------------------------------- the client

@@ -18,7 +18,8 @@ import pytest
 
 from persistent_agent.access.authorizer import node_id_prefix
 from persistent_agent.access.fabric import DEFAULT_AUDIENCE, pinned_roots
-from persistent_agent.ops.local_nodes import LocalNodes, access_dir, free_port
+from persistent_agent.access.project import access_dir
+from persistent_agent.demo.local_nodes import LocalNodes, free_port
 
 __all__ = ["free_port"]  # the tests' one source of free ports, re-exported
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from persistent_agent.ops.local_nodes import LocalNodes
+from persistent_agent.demo.local_nodes import LocalNodes
 
 from .conftest import free_port
 

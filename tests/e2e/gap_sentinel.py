@@ -24,8 +24,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from persistent_agent.access.project import access_dir
+from persistent_agent.demo.local_nodes import LocalNodes
 from persistent_agent.node.link import ATTACH_PREFIX
-from persistent_agent.ops.local_nodes import LocalNodes, access_dir
 
 
 class GapSentinel:

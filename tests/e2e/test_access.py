@@ -29,8 +29,9 @@ from websockets.sync.client import connect
 
 from persistent_agent.access import fabric, handshakes, pki
 from persistent_agent.access.authorizer import node_id_prefix
+from persistent_agent.access.project import access_dir
+from persistent_agent.demo.local_nodes import LocalNodes
 from persistent_agent.ops import access
-from persistent_agent.ops.local_nodes import LocalNodes, access_dir
 
 from ..conftest import REPO, wait_until
 from .conftest import (
@@ -209,7 +210,7 @@ def test_a_client_may_call_the_agent_only(up: LocalNodes) -> None:
     """A call to any other address is nacked by the sentinel at once, with the reason."""
     result = subprocess.run(
         [sys.executable, "-m", "tests.e2e.other_call", "other@fame.fabric"],
-        env=up.client_command()[1], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env=up.env("client"), cwd=REPO, capture_output=True, text=True, timeout=120,
         check=False,
     )  # fmt: skip
     assert result.stdout.strip() == (
@@ -281,7 +282,7 @@ def test_revoking_refuses_old_tokens_and_ends_live_links(up: LocalNodes) -> None
     old_token = mint(up)
     session = subprocess.Popen(
         [sys.executable, "-m", "tests.e2e.session_client"],
-        env=up.client_command()[1], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        env=up.env("client"), cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

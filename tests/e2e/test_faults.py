@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from persistent_agent.demo.local_nodes import LocalNodes
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.node.agent import STATE_NAMESPACE
 from persistent_agent.ops import config_files, inspection
-from persistent_agent.ops.local_nodes import LocalNodes
 from persistent_agent.ops.node_keys import source_of
 from persistent_agent.storage import database, layout
 
@@ -266,7 +266,7 @@ def test_key_bearing_files_and_databases_are_owner_only(nodes: LocalNodes) -> No
         check=True,
         capture_output=True,
     )
-    files = [config_files.env_file(nodes.config_dir, r) for r in config_files.ROLES]
+    files = [layout.env_file(nodes.config_dir, r) for r in config_files.ROLES]
     files += [p for p in nodes.data_dir.rglob("*") if p.is_file()]
     files += [p for p in (nodes.run_dir / "bk").rglob("*") if p.is_file()]
     assert any(p.name.endswith("-wal") for p in files)
@@ -356,7 +356,7 @@ def test_a_node_refuses_a_key_file_others_can_read(nodes: LocalNodes) -> None:
 
 def test_a_key_inline_in_an_env_file_others_can_read_is_refused(nodes: LocalNodes) -> None:
     """The seed's way (the key inline in the env file): that file group-readable is refused."""
-    agent_env = config_files.env_file(nodes.config_dir, "agent")
+    agent_env = layout.env_file(nodes.config_dir, "agent")
     key = config_files.node_keys(nodes.config_dir)["agent"]
     config_files.edit_vars(
         agent_env, {"FAME_STORAGE_MASTER_KEY_FILE": None, "FAME_STORAGE_MASTER_KEY": key}

@@ -18,6 +18,7 @@ import pytest
 import requests
 from cryptography.exceptions import InvalidTag
 
+from persistent_agent.demo.local_nodes import LocalNodes
 from persistent_agent.errors import (
     KeyFileExposedError,
     KeyServiceError,
@@ -28,8 +29,7 @@ from persistent_agent.keys.keyring import Keyring
 from persistent_agent.keys.secret_files import write_private
 from persistent_agent.keys.transit import TransitWrapper
 from persistent_agent.ops import admin, config_files
-from persistent_agent.ops.local_nodes import LocalNodes
-from persistent_agent.storage.layout import KEYRING_FILE
+from persistent_agent.storage.layout import KEYRING_FILE, env_file
 
 from ..conftest import checksums, wait_until
 from .conftest import free_port, run_client, stored_value
@@ -108,7 +108,7 @@ def _use_key_service(config_dir: Path, bao: Bao, token: str) -> None:
     write_private(token_file, token + "\n")
     for role in ("sentinel", "agent"):
         config_files.edit_vars(
-            config_files.env_file(config_dir, role),
+            env_file(config_dir, role),
             {
                 "FAME_STORAGE_MASTER_KEY_FILE": None,
                 "FAME_STORAGE_KEY_SERVICE": "vault",
@@ -192,7 +192,7 @@ def test_a_key_service_problem_stops_the_node_with_one_line_and_writes_nothing(
     run_client(nodes)
     nodes.stop("agent")
     before = checksums(nodes.data_dir / "agent")
-    env = config_files.env_file(nodes.config_dir, "agent")
+    env = env_file(nodes.config_dir, "agent")
     if problem == "revoked token":
         token = (nodes.config_dir / "vault.token").read_text().strip()
         bao.root.auth.token.revoke(token)

@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
+from persistent_agent.demo.local_nodes import LocalNodes
 from persistent_agent.node.backlog import MAX_WAIT_VAR
 from persistent_agent.node.serving import DETACHED_EXIT_VAR, RESTART_VAR
-from persistent_agent.ops.local_nodes import LocalNodes
 
 from ..conftest import REPO, wait_until
 from .conftest import run_client

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from persistent_agent.demo.local_nodes import LocalNodes
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.keys.master_key import generate_master_key
-from persistent_agent.ops import config_files
-from persistent_agent.ops.local_nodes import LocalNodes
+from persistent_agent.storage.layout import env_file
 
 from ..conftest import checksums, plaintext_hits
 from ..data_keys import set_node_key
@@ -84,7 +84,7 @@ def test_wrong_key_fails_cleanly_and_the_right_key_still_reads(nodes: LocalNodes
     nodes.start_all()
     value = stored_value(run_client(nodes).stdout)
     nodes.stop("agent")
-    agent_env = config_files.env_file(nodes.config_dir, "agent")
+    agent_env = env_file(nodes.config_dir, "agent")
     good = agent_env.read_text()
     set_node_key(nodes.config_dir, "agent", generate_master_key())
     before = checksums(nodes.data_dir / "agent")
@@ -203,7 +203,7 @@ def test_client_uses_the_typescript_names_when_the_python_ones_are_not_found(
 
 def test_missing_config_is_one_line(nodes: LocalNodes) -> None:
     """An agent without its env file exits with one line pointing at make init."""
-    shutil.move(config_files.env_file(nodes.config_dir, "agent"), nodes.config_dir / "moved")
+    shutil.move(env_file(nodes.config_dir, "agent"), nodes.config_dir / "moved")
     with pytest.raises(LocalNodeError, match="make init"):
         nodes.start("agent")
 

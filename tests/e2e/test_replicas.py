@@ -19,13 +19,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from persistent_agent.access import fabric, pki
+from persistent_agent.access import fabric, pki, project
+from persistent_agent.access.project import access_dir, replica_ids
+from persistent_agent.demo.postgres_server import PostgresServer, ServerTls
+from persistent_agent.demo.replicas import LocalReplicas, state_version, summary_of
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.keys.master_key import generate_master_key, write_key_file
-from persistent_agent.ops import access
-from persistent_agent.ops.local_nodes import access_dir
-from persistent_agent.ops.postgres_server import PostgresServer, ServerTls
-from persistent_agent.ops.replicas import LocalReplicas, replica_ids, state_version, summary_of
 
 from ..conftest import pg_dump, wait_until
 from .conftest import free_port
@@ -37,7 +36,7 @@ def make_replicas(
     root: Path, server: PostgresServer, dsn: str, count: int, **kwargs: Any
 ) -> LocalReplicas:
     """*count* replicas on *dsn*, each with a credential of its own in config/access."""
-    access.ensure(root / "config", {replica: "agent" for replica in replica_ids(count)})
+    project.ensure(root / "config", {replica: "agent" for replica in replica_ids(count)})
     return LocalReplicas(
         root / "config", root / "data", root / "run", port=free_port(),
         issuer_port=free_port(), dsn=dsn,

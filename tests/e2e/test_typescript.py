@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from persistent_agent.ops.local_nodes import ATTACH_PATH, LocalNodes
+from persistent_agent.demo.local_nodes import ATTACH_PATH, LocalNodes
 
 from ..conftest import REPO, wait_until
 from .conftest import free_port, run_client, settings_only_client_env, stored_value

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from persistent_agent.ops.local_nodes import LocalNodes, access_dir
+from persistent_agent.access.project import access_dir
+from persistent_agent.demo.local_nodes import LocalNodes
 
 from ..conftest import wait_until
 from .conftest import run_client, stored_value

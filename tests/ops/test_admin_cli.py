@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from persistent_agent import __version__
+from persistent_agent.demo.local_nodes import free_port
 from persistent_agent.errors import REDACTED, ConfigError, debug_chain, report
 from persistent_agent.ops import admin
-from persistent_agent.ops.local_nodes import free_port
 
 ADMIN = [sys.executable, "-m", "persistent_agent.ops.admin"]
 # The console script `make` runs: its own directory, not the working one, is on its path.
@@ -199,7 +199,22 @@ def test_a_persistent_agent_py_in_the_working_directory_does_not_shadow_the_pack
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo: the value stored before the restart" in result.stdout
     assert "upstream example" not in result.stdout + result.stderr
-    assert os.environ.get(admin.SAFE_PATH_VAR) is None  # only the children had it
+
+
+def test_a_persistent_agent_py_in_the_working_directory_does_not_shadow_local_runs_client(
+    initialised: Path,
+) -> None:
+    """The client `local-run` becomes runs without the working directory on its path too:
+    with nothing running, it is the client's own one line, not the upstream agent."""
+    (initialised / "persistent_agent.py").write_text(UPSTREAM_AGENT)
+    result = _run(
+        "--config-dir", "config", "--data-dir", "data", "--run-dir", "run",
+        "--port", str(free_port()), "--issuer-port", str(free_port()), "local-run",
+        cwd=initialised, admin_argv=(ADMIN_SCRIPT,),
+    )  # fmt: skip
+    assert "upstream example" not in result.stdout + result.stderr
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith("client: error: nothing is running at ")
 
 
 @pytest.mark.e2e

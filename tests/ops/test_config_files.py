@@ -11,6 +11,7 @@ from persistent_agent.errors import ConfigError
 from persistent_agent.keys.master_key import generate_master_key, parse_master_key, write_key_file
 from persistent_agent.keys.secret_files import write_private
 from persistent_agent.ops import admin, config_files
+from persistent_agent.storage.layout import env_file
 
 
 def _mode(path: Path) -> int:
@@ -157,10 +158,10 @@ def test_init_refuses_a_new_key_when_config_is_gone_but_data_is_not(tree: Path) 
     and writes nothing."""
     (tree / "config" / config_files.KEY_FILE).unlink()
     for role in config_files.ROLES:
-        config_files.env_file(tree / "config", role).unlink()
+        env_file(tree / "config", role).unlink()
     with pytest.raises(ConfigError, match=r"no master key in .* 6 encrypted databases exist"):
         config_files.init(tree / "config", tree / "data")
-    assert not config_files.env_file(tree / "config", "agent").exists()
+    assert not env_file(tree / "config", "agent").exists()
 
 
 ENV_CASES = {

@@ -9,10 +9,10 @@ import psycopg
 import pytest
 
 from persistent_agent.access import pki
+from persistent_agent.demo.postgres_server import PostgresServer
 from persistent_agent.errors import ConfigError, LocalNodeError
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.master_key import MasterKey
-from persistent_agent.ops.postgres_server import PostgresServer
 from persistent_agent.storage.shared_state import SharedState, check_tls
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from persistent_agent.demo.local_nodes import MODULES, LocalNodes
 from persistent_agent.errors import RestoreInterruptedError
 from persistent_agent.ops import admin, backup, inspection
-from persistent_agent.ops.local_nodes import MODULES, LocalNodes
 from persistent_agent.storage import layout
 from persistent_agent.storage.layout import NODE_ROLES, RESTORE_JOURNAL, RESTORE_STAGING_PREFIX
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from persistent_agent.demo.postgres_server import PostgresServer
 from persistent_agent.errors import SharedStateError
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.master_key import read_key_file, write_key_file
 from persistent_agent.keys.secret_files import write_private
 from persistent_agent.ops import admin, config_files
-from persistent_agent.ops.postgres_server import PostgresServer
 from persistent_agent.ops.shared_tools import BACKUP_FILE
+from persistent_agent.storage.layout import env_file
 from persistent_agent.storage.shared_state import REPLICAS_LOCK, SharedState
 
 from ..conftest import checksums
@@ -28,7 +29,7 @@ def configure(root: Path, server: PostgresServer, dsn: str) -> None:
     """config/.env.agent on the encrypted-postgres profile, password in a 0600 file."""
     config = root / "config"
     write_private(config / "postgres.password", server.password() + "\n")
-    env = config_files.env_file(config, "agent")
+    env = env_file(config, "agent")
     lines = [
         line for line in env.read_text().splitlines() if not line.startswith("FAME_STORAGE_PROF")
     ]

@@ -19,11 +19,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from persistent_agent.demo.postgres_server import PostgresServer
 from persistent_agent.errors import PersistentAgentError, SharedStateConflictError
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.master_key import MasterKey
 from persistent_agent.node.state import TransactionalAgent, VersionedAgentState
-from persistent_agent.ops.postgres_server import PostgresServer
 from persistent_agent.storage import database, layout
 from persistent_agent.storage.backend import (
     BackendKeyValueStore,

@@ -18,11 +18,11 @@ import pytest
 from naylence.fame.storage.key_value_store import KeyValueStore
 from pydantic import BaseModel
 
+from persistent_agent.demo.postgres_server import PostgresServer
 from persistent_agent.errors import SharedRowError
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.master_key import MasterKey
 from persistent_agent.node.state import TransactionalAgent, VersionedAgentState
-from persistent_agent.ops.postgres_server import PostgresServer
 from persistent_agent.storage import events
 from persistent_agent.storage.backend import BackendStorageProvider
 from persistent_agent.storage.provider import SQLCipherStorageProvider

@@ -24,7 +24,7 @@ def test_every_registered_backend_is_a_runtime_storage_profile() -> None:
         assert profile is not None, name
         assert profile["type"] == provider_factory.SHARED_PROVIDER_TYPE
         assert profile["backend"] == name
-        assert all(provider_factory._field(s) in profile for s in entry.settings)
+        assert all(provider_factory._field(s) in profile for s in entry.names())
 
 
 def test_a_backends_module_provides_what_the_registry_names() -> None:

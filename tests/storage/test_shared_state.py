@@ -10,10 +10,10 @@ import psycopg
 import pytest
 from pydantic import BaseModel
 
+from persistent_agent.demo.postgres_server import PostgresServer
 from persistent_agent.errors import SharedRowError, SharedStateError
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.master_key import MasterKey, generate_master_key, parse_master_key
-from persistent_agent.ops.postgres_server import PostgresServer
 from persistent_agent.storage.provider import RecordedRequest, Request
 from persistent_agent.storage.shared_state import SharedKeyValueStore, SharedState
 
@@ -164,8 +164,8 @@ async def test_concurrent_first_replicas_agree_on_the_keys(
 async def test_an_unreachable_server_is_one_clear_line(
     tmp_path: Path, master_key: MasterKey
 ) -> None:
+    from persistent_agent.demo.local_nodes import free_port
     from persistent_agent.errors import SharedStateUnavailableError
-    from persistent_agent.ops.local_nodes import free_port
 
     dsn = f"host=127.0.0.1 port={free_port()} user=postgres dbname=x"
     with pytest.raises(

@@ -41,7 +41,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jwt
 
@@ -65,8 +65,20 @@ _CLOSE_DELAY_SECONDS = 0.1
 REFUSAL_PREFIX = "access refused: "
 
 
+# Why a refusal was made, as a bounded code (the text says it to a person).
+Reason = Literal[
+    "no_token", "bad_token", "expired", "revoked", "role", "identity", "issuer_unreachable"
+]
+REASONS: tuple[Reason, ...] = get_args(Reason)
+
+
 class Refused(Exception):
-    """A frame or a token this authorizer refuses; the text is the reason (never a secret)."""
+    """A frame or a token this authorizer refuses; the text is the reason (never a
+    secret), :attr:`reason` its code (the metrics count refusals by it)."""
+
+    def __init__(self, text: str, reason: Reason) -> None:
+        super().__init__(text)
+        self.reason: Reason = reason
 
 
 @dataclass
@@ -146,7 +158,8 @@ class RoleAuthorizer:
                     jwks = await self._get_json("/.well-known/jwks.json")
                 except Exception as exc:
                     raise Refused(
-                        f"cannot reach the token issuer's keys ({type(exc).__name__})"
+                        f"cannot reach the token issuer's keys ({type(exc).__name__})",
+                        "issuer_unreachable",
                     ) from None
                 self._keys = {
                     str(jwk["kid"]): jwt.PyJWK(jwk).key
@@ -155,7 +168,7 @@ class RoleAuthorizer:
                 }
                 key = self._keys.get(kid)
         if key is None:
-            raise Refused("token not signed by the fabric's issuer")
+            raise Refused("token not signed by the fabric's issuer", "bad_token")
         return key
 
     def _start_polling(self) -> None:
@@ -214,13 +227,13 @@ class RoleAuthorizer:
 
     async def _verify(self, token: str) -> dict[str, Any]:
         if not token:
-            raise Refused("no token")
+            raise Refused("no token", "no_token")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
-            raise Refused("not a JWT") from None
+            raise Refused("not a JWT", "bad_token") from None
         if header.get("alg") != "ES256":
-            raise Refused(f"token algorithm {header.get('alg')!r} is not ES256")
+            raise Refused(f"token algorithm {header.get('alg')!r} is not ES256", "bad_token")
         key = await self._signing_key(str(header.get("kid", "")))
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -233,24 +246,24 @@ class RoleAuthorizer:
                 options={"require": ["exp", "iat", "sub", "aud", "iss"]},
             )
         except jwt.ExpiredSignatureError:
-            raise Refused("token expired") from None
+            raise Refused("token expired", "expired") from None
         except jwt.InvalidAudienceError:
-            raise Refused(f"token is not for audience {self._audience!r}") from None
+            raise Refused(f"token is not for audience {self._audience!r}", "bad_token") from None
         except jwt.InvalidIssuerError:
-            raise Refused(f"token is not from issuer {self._issuer}") from None
+            raise Refused(f"token is not from issuer {self._issuer}", "bad_token") from None
         except jwt.InvalidSignatureError:
-            raise Refused("token signature does not verify") from None
+            raise Refused("token signature does not verify", "bad_token") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise Refused(f"token has no {exc.claim!r} claim") from None
+            raise Refused(f"token has no {exc.claim!r} claim", "bad_token") from None
         except jwt.PyJWTError as exc:
-            raise Refused(f"token invalid ({type(exc).__name__})") from None
+            raise Refused(f"token invalid ({type(exc).__name__})", "bad_token") from None
         subject = str(claims["sub"])
         if REQUIRED_SCOPE not in str(claims.get("scope", "")).split():
-            raise Refused(f"credential {subject!r}: token lacks the scope {REQUIRED_SCOPE}")
+            raise Refused(f"credential {subject!r}: token lacks the scope {REQUIRED_SCOPE}", "role")
         if claims.get("role") not in ROLES:
-            raise Refused(f"credential {subject!r}: token has no known role")
+            raise Refused(f"credential {subject!r}: token has no known role", "role")
         if self._revoked(subject, float(claims["iat"])):
-            raise Refused(f"credential {subject!r} was revoked")
+            raise Refused(f"credential {subject!r} was revoked", "revoked")
         return claims
 
     async def authorize(self, node: Any, envelope: Any, context: Any = None) -> Any:
@@ -262,9 +275,9 @@ class RoleAuthorizer:
         frame = envelope.frame
         try:
             if not subject:
-                raise Refused("no authenticated credential")
+                raise Refused("no authenticated credential", "no_token")
             if self._revoked(subject, float(claims.get("iat", 0))):
-                raise Refused(f"credential {subject!r} was revoked")
+                raise Refused(f"credential {subject!r} was revoked", "revoked")
             self._check(envelope, system_id, subject, role)
         except Refused as refused:
             logger.warning(
@@ -303,21 +316,22 @@ class RoleAuthorizer:
             if not str(frame.system_id).startswith(node_id_prefix(subject)):
                 raise Refused(
                     f"node id {frame.system_id!r} is not tied to credential {subject!r} "
-                    "(set FAME_NODE_IDENTITY_PROFILE=token-subject)"
+                    "(set FAME_NODE_IDENTITY_PROFILE=token-subject)",
+                    "identity",
                 )
         elif kind in ("AddressBind", "AddressUnbind"):
             address = str(frame.address)
             if _own_path(address, system_id):
                 return
             if role != "agent" or not _agent_address(address):
-                raise Refused(f"role {role} may not bind {address}")
+                raise Refused(f"role {role} may not bind {address}", "role")
         elif kind in ("CapabilityAdvertise", "CapabilityWithdraw"):
             if role != "agent":
-                raise Refused(f"role {role} may not advertise capabilities")
+                raise Refused(f"role {role} may not advertise capabilities", "role")
         elif kind == "Data" and role == "client":
             target = str(envelope.to or "")
             if target and not _agent_address(target):
-                raise Refused(f"role client may call only {AGENT_ADDR}, not {target}")
+                raise Refused(f"role client may call only {AGENT_ADDR}, not {target}", "role")
 
     async def _answer(self, envelope: Any, context: Any, reason: str) -> None:
         """Tell the node why, as the frame's own negative ack; then close its link,

@@ -9,7 +9,7 @@
   transport, sentinel or agent; the one table of runtime texts.
 
 Importing this package imports nothing else: the launchers
-(:mod:`persistent_agent.ops.local_nodes`) read :data:`failures.START_HINT_VAR`
+(:mod:`persistent_agent.demo.local_nodes`) read :data:`failures.START_HINT_VAR`
 from it, and the runtime's logging must see the level :func:`main` sets.
 """
 

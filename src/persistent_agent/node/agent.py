@@ -23,6 +23,7 @@ from naylence.fame.service import operation
 
 from persistent_agent import settings
 from persistent_agent.errors import IncrementRangeError
+from persistent_agent.metrics.rpcs import MeteredCalls
 from persistent_agent.node import backlog
 from persistent_agent.node.backlog import Line
 from persistent_agent.node.replies import UnaryReplyMixin
@@ -87,7 +88,7 @@ def public(state: CustomAgentState) -> PublicState:
     return {} if state.value is None else {"value": state.value}
 
 
-class PersistentAgent(UnaryReplyMixin, TransactionalAgent[CustomAgentState]):
+class PersistentAgent(MeteredCalls, UnaryReplyMixin, TransactionalAgent[CustomAgentState]):
     """Stores one value and returns it, across restarts of either node."""
 
     def __init__(self, line: Line | None = None) -> None:

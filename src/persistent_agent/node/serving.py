@@ -15,11 +15,11 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from dotenv import dotenv_values, load_dotenv
 
+from persistent_agent import settings
 from persistent_agent.access import fabric
 from persistent_agent.errors import (
     AccessRefusedError,
@@ -32,14 +32,13 @@ from persistent_agent.errors import (
     find_error,
     report,
 )
-from persistent_agent.keys import master_key
 from persistent_agent.keys.custody import PATH_SETTINGS
+from persistent_agent.metrics import endpoint as metrics
 from persistent_agent.node import logs
 
-ENV_FILE_VAR = "PERSISTENT_AGENT_ENV_FILE"
-READY_FILE_VAR = "PERSISTENT_AGENT_READY_FILE"
-PROFILE_VAR = "FAME_STORAGE_PROFILE"
-LOG_LEVEL_VAR = "FAME_LOG_LEVEL"
+ENV_FILE_VAR = settings.PERSISTENT_AGENT_ENV_FILE.name
+READY_FILE_VAR = settings.PERSISTENT_AGENT_READY_FILE.name
+PROFILE_VAR = settings.FAME_STORAGE_PROFILE.name
 
 
 def load_env() -> None:
@@ -50,19 +49,20 @@ def load_env() -> None:
     named there (the key file, a key service's token or CA file) is taken from
     the env file's directory, as the admin tools take it.
     """
-    env_file = os.environ.get(ENV_FILE_VAR)
-    if env_file:
-        path = Path(env_file)
-        if not path.is_file():
-            raise ConfigError(f"{ENV_FILE_VAR}={env_file}: no such file; run `make init`")
-        values = dotenv_values(path, interpolate=False)
-        if values.get(master_key.ENV_VAR):
-            KeyFileExposedError.check(path)
-        for name in (*PATH_SETTINGS, *fabric.PATH_SETTINGS):
-            value = values.get(name)
-            if value and name not in os.environ:
-                os.environ[name] = str(path.parent / value)
-        load_dotenv(path, override=False)
+    path = settings.PERSISTENT_AGENT_ENV_FILE.value()
+    if path is None:
+        return
+    if not path.is_file():
+        raise ConfigError(f"{ENV_FILE_VAR}={path}: no such file; run `make init`")
+    values = dotenv_values(path, interpolate=False)
+    if settings.FAME_STORAGE_MASTER_KEY.is_set(values):
+        KeyFileExposedError.check(path)
+    for setting in map(settings.lookup, (*PATH_SETTINGS, *fabric.PATH_SETTINGS)):
+        # Set in the environment, even blank, it wins: a test blanks one on purpose.
+        value = setting.raw(values)
+        if value and not setting.present():
+            os.environ[setting.name] = str(path.parent / value)
+    load_dotenv(path, override=False)
 
 
 def check_storage() -> None:
@@ -71,61 +71,52 @@ def check_storage() -> None:
     from naylence.fame.profile.profile_discovery import discover_profile
 
     from persistent_agent.storage import provider_factory as factory
+    from persistent_agent.storage import registry
 
-    profile = os.environ.get(PROFILE_VAR, "memory")
+    # Not FAME_STORAGE_PROFILE.value(): its choices are the built-in profiles, and
+    # a backend registered in storage/registry.py adds one; the runtime decides.
+    profile = settings.FAME_STORAGE_PROFILE.raw() or settings.FAME_STORAGE_PROFILE.default
     if get_profile(factory.PROFILE_BASE_TYPE, profile) is None:
         discover_profile(factory.PROFILE_BASE_TYPE, profile)
         if get_profile(factory.PROFILE_BASE_TYPE, profile) is None:
+            known = (factory.PROFILE_NAME, *registry.profiles(), "sqlite", "memory")
             raise StorageProfileError(
                 f"{PROFILE_VAR}={profile!r} is not a storage profile; "
-                "use encrypted-sqlite, encrypted-postgres, sqlite or memory"
+                f"use {', '.join(known[:-1])} or {known[-1]}"
             )
-    if profile in (factory.PROFILE_NAME, factory.SHARED_PROFILE_NAME):
+    backend = registry.entry(profile)
+    if profile == factory.PROFILE_NAME or backend is not None:
         from persistent_agent.keys.custody import key_source
-        from persistent_agent.keys.master_key import NEXT_ENV_VAR
         from persistent_agent.storage.database import ensure_directory
         from persistent_agent.storage.layout import refuse_unfinished_restore
 
-        if os.environ.get(NEXT_ENV_VAR):
+        if settings.FAME_STORAGE_MASTER_KEY_NEXT.is_set():
             raise ConfigError(
-                f"a key rotation was interrupted ({NEXT_ENV_VAR} is set); "
-                "run `make rotate-key` again to finish it"
+                f"a key rotation was interrupted ({settings.FAME_STORAGE_MASTER_KEY_NEXT.name} "
+                "is set); run `make rotate-key` again to finish it"
             )
         key_source(os.environ)
-        refuse_unfinished_restore(
-            Path(os.environ.get("FAME_STORAGE_DB_DIRECTORY", "./data/sqlite"))
-        )
-        ensure_directory(Path(os.environ.get("FAME_STORAGE_DB_DIRECTORY", "./data/sqlite")))
-    if profile == factory.SHARED_PROFILE_NAME:
-        from persistent_agent.keys.custody import POSTGRES_DSN_VAR, POSTGRES_PASSWORD_FILE_VAR
-        from persistent_agent.keys.secret_files import read_private
-
-        if not os.environ.get(POSTGRES_DSN_VAR):
-            raise ConfigError(
-                f"{POSTGRES_DSN_VAR} is not set; the {profile} profile keeps the agent's "
-                "state in PostgreSQL (see docs/replicas.md)"
-            )
-        if password_file := os.environ.get(POSTGRES_PASSWORD_FILE_VAR):
-            read_private(Path(password_file), POSTGRES_PASSWORD_FILE_VAR)
+        directory = settings.FAME_STORAGE_DB_DIRECTORY.value()
+        refuse_unfinished_restore(directory)
+        ensure_directory(directory)
+    if backend is not None:
+        registry.backend_module(profile).check_settings(backend.values())
 
 
 def shared_state() -> bool:
     """Whether this node keeps the agent's state in PostgreSQL (``encrypted-postgres``)."""
-    from persistent_agent.storage.provider_factory import SHARED_PROFILE_NAME
-
-    return os.environ.get(PROFILE_VAR) == SHARED_PROFILE_NAME
+    return settings.FAME_STORAGE_PROFILE.raw() == settings.SHARED_STATE_PROFILE
 
 
 def log_level() -> str:
-    return os.environ.get(LOG_LEVEL_VAR, "warning")
+    return settings.FAME_LOG_LEVEL.value() or "warning"
 
 
 HEARTBEAT_SECONDS = 2.0
-DETACHED_EXIT_VAR = "PERSISTENT_AGENT_DETACHED_EXIT_SECONDS"
-DEFAULT_DETACHED_EXIT = 10.0
+DETACHED_EXIT_VAR = settings.PERSISTENT_AGENT_DETACHED_EXIT_SECONDS.name
 # "exec": no supervisor is watching (the local launcher), so a node that must
 # restart replaces its own process image (same pid, same log) instead of exiting.
-RESTART_VAR = "PERSISTENT_AGENT_RESTART"
+RESTART_VAR = settings.PERSISTENT_AGENT_RESTART.name
 _CHECK_SECONDS = 0.1  # how often the link is looked at
 # Detached this long, the node stops waiting for the runtime's own reconnect
 # (whose back-off only grows, see docs/operations.md) and opens a fresh session.
@@ -133,20 +124,8 @@ _FRESH_SESSION_AFTER = 0.5
 _PROBE_PAUSE = 0.25  # between readiness probes of a sentinel that is not back yet
 
 
-def seconds_setting(name: str, default: float) -> float:
-    """The positive number of seconds in environment variable *name*, or *default*."""
-    raw = os.environ.get(name, "")
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        value = -1.0
-    if value <= 0:
-        raise ConfigError(f"{name} must be a positive number of seconds, not {raw!r}")
-    return value
-
-
 def detached_exit_seconds() -> float:
-    return seconds_setting(DETACHED_EXIT_VAR, DEFAULT_DETACHED_EXIT)
+    return settings.PERSISTENT_AGENT_DETACHED_EXIT_SECONDS.value()
 
 
 class _Health:
@@ -158,8 +137,7 @@ class _Health:
     """
 
     def __init__(self) -> None:
-        raw = os.environ.get(READY_FILE_VAR)
-        self.path = Path(raw) if raw else None
+        self.path = settings.PERSISTENT_AGENT_READY_FILE.value()
         self._written = -HEARTBEAT_SECONDS
 
     def serving(self) -> None:
@@ -317,7 +295,7 @@ class _Outage:
         now = time.monotonic()
         self.ready_since = self.ready_since or now
         if now - self.ready_since > self.limit:
-            url = os.environ.get("FAME_DIRECT_ADMISSION_URL", "the sentinel")
+            url = settings.FAME_DIRECT_ADMISSION_URL.value() or "the sentinel"
             raise UpstreamLostError(
                 f"not attached to {url} for {self.limit:g}s although it is ready "
                 f"(last failure: {self.last_error}); set {DETACHED_EXIT_VAR} to wait longer"
@@ -348,12 +326,15 @@ def run(
     (the local launcher, which stays behind no process) it restarts itself in
     place: the same pid, pid file and log, a fresh process image.
     """
+    restart = "exit"
     try:
         logs.install()  # before the preflight below can use a runtime logger
         load_env()
+        restart = settings.PERSISTENT_AGENT_RESTART.value()
         check_storage()
         if preflight is not None:
             preflight()
+        metrics.start()  # /metrics on loopback, if PERSISTENT_AGENT_METRICS_PORT is set
         asyncio.run(_as_coroutine(main))
     except KeyboardInterrupt:
         return 0
@@ -362,7 +343,7 @@ def run(
         if error is None:
             raise
         code = report(name, error)
-        if isinstance(error, UpstreamLostError) and os.environ.get(RESTART_VAR) == "exec":
+        if isinstance(error, UpstreamLostError) and restart == "exec":
             _say(f"{name}: restarting in place")
             os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])  # noqa: S606
         return code

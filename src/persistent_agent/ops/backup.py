@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from persistent_agent import __version__
+from persistent_agent.access.project import access_dir
 from persistent_agent.errors import (
     BackupError,
     DatabaseDamagedError,
@@ -44,7 +45,6 @@ from persistent_agent.keys.keyring import Keyring, derived_key
 from persistent_agent.keys.secret_files import sync_directory, sync_file, write_private
 from persistent_agent.ops import access_backup, shared_tools
 from persistent_agent.ops.inspection import NodeDatabase, node_databases
-from persistent_agent.ops.local_nodes import access_dir
 from persistent_agent.ops.node_keys import source_of
 from persistent_agent.storage import database, lock
 from persistent_agent.storage.data_keys import NodeKeys

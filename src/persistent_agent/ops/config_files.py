@@ -33,7 +33,7 @@ from persistent_agent.keys.master_key import (
     write_key_file,
 )
 from persistent_agent.keys.secret_files import write_private
-from persistent_agent.storage.layout import NODE_ROLES, all_databases, node_data_dirs
+from persistent_agent.storage.layout import NODE_ROLES, all_databases, env_file, node_data_dirs
 
 ROLES = ("sentinel", "agent", "client")
 KEY_FILE = "master.key"
@@ -84,10 +84,6 @@ class InitResult:
     written: tuple[Path, ...]
     made_private: tuple[Path, ...] = ()  # key-bearing files that others could read
     moved_from: tuple[Path, ...] = ()  # env files whose inline key moved to the key file
-
-
-def env_file(config_dir: Path, role: str) -> Path:
-    return config_dir / f".env.{role}"
 
 
 def template(config_dir: Path, role: str) -> Path:

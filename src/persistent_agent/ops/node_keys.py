@@ -14,8 +14,9 @@ from persistent_agent import settings as registry
 from persistent_agent.errors import ConfigError, KeyFileExposedError, MasterKeyError
 from persistent_agent.keys.custody import SETTINGS, KeySource, key_source
 from persistent_agent.keys.master_key import ENV_VAR
-from persistent_agent.ops.config_files import env_file, read_env
+from persistent_agent.ops.config_files import read_env
 from persistent_agent.storage.data_keys import NodeKeys
+from persistent_agent.storage.layout import env_file
 
 
 def source_of(config_dir: Path, role: str) -> KeySource:

@@ -47,7 +47,6 @@ from persistent_agent.ops import shared_tools
 from persistent_agent.ops.config_files import (
     KEY_FILE,
     NEXT_VAR,
-    env_file,
     init,
     key_file,
     pending_key_file,
@@ -61,6 +60,7 @@ from persistent_agent.storage.layout import (
     KEYRING_FILE,
     NODE_ROLES,
     database_files,
+    env_file,
     namespace_of,
     node_data_dirs,
     sidecars,

@@ -25,13 +25,13 @@ import asyncio
 import contextlib
 import io
 import json
-import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from persistent_agent import settings as declared
 from persistent_agent.errors import (
     BackupError,
     SharedStateError,
@@ -39,13 +39,13 @@ from persistent_agent.errors import (
 from persistent_agent.keys.custody import KeySource
 from persistent_agent.keys.keyring import KeyWrapper
 from persistent_agent.keys.secret_files import replacing, write_private
-from persistent_agent.ops.config_files import env_file, read_env
+from persistent_agent.ops.config_files import read_env
 from persistent_agent.ops.node_keys import source_of
 from persistent_agent.storage import registry
 from persistent_agent.storage.backend import Row, StateBackend, StoredTables
+from persistent_agent.storage.layout import env_file
 from persistent_agent.storage.sealing import keyring_ad
 
-PROFILE = "encrypted-postgres"
 BACKUP_FILE = "shared_state.json"
 BACKUP_FORMAT = 1
 # The PostgreSQL backend's tables, as its backups hold them (kept importable).
@@ -76,14 +76,15 @@ def shared_config(config_dir: Path) -> SharedConfig | None:
     path = env_file(config_dir, "agent")
     values = read_env(path) if path.is_file() else {}
     for profile in registry.profiles():
-        names = registry.BACKENDS[profile].settings
+        entry = registry.BACKENDS[profile]
+        own = entry.values()
         # The backend's first setting in the tools' own environment selects it
         # too (replicas configured elsewhere); its values there win.
-        if values.get("FAME_STORAGE_PROFILE") != profile and not os.environ.get(names[0]):
+        if declared.FAME_STORAGE_PROFILE.raw(values) != profile and not own[entry.names()[0]]:
             continue
         settings = {}
-        for name in names:
-            value = os.environ.get(name) or values.get(name) or ""
+        for name, value in entry.values(values).items():
+            value = own[name] or value
             if value and name.endswith("_FILE") and not Path(value).is_absolute():
                 value = str(config_dir / value)
             settings[name] = value

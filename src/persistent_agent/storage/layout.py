@@ -1,4 +1,5 @@
-"""Where things live on disk: database file names and the node data directories.
+"""Where things live on disk: database file names, the node data directories and
+each process's config file.
 
 Kept free of third-party imports so that ``scripts/gen_master_key.py`` (and
 with it ``make init``) runs on any Python 3.9+, before the project is
@@ -79,6 +80,11 @@ def foreign_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.iterdir() if p.is_dir() or not is_ours(p.name))
+
+
+def env_file(config_dir: Path, role: str) -> Path:
+    """config/.env.<role>: the settings of one process (``make init`` writes it)."""
+    return config_dir / f".env.{role}"
 
 
 def node_data_dirs(data_dir: Path) -> list[Path]:

