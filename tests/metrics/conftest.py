@@ -3,29 +3,12 @@
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from persistent_agent.demo.local_nodes import LocalNodes, free_port
+from tests.e2e.conftest import nodes  # noqa: F401 - the same real local nodes
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@pytest.fixture
-def nodes(initialised: Path) -> Iterator[LocalNodes]:
-    """Real local nodes (tmp_path config, data, run), each serving /metrics; stopped after."""
-    local = LocalNodes(
-        initialised / "config",
-        initialised / "data",
-        initialised / "run",
-        port=free_port(),
-        issuer_port=free_port(),
-    )
-    yield local
-    local.stop_all()
 
 
 def scrape(url: str) -> str:
