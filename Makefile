@@ -29,7 +29,7 @@ export PERSISTENT_AGENT_IMAGE := $(IMAGE)
 export UID_GID := $(shell id -u):$(shell id -g)
 COMPOSE ?= $(shell scripts/compose.sh)
 
-.PHONY: help install init access rotate-credentials reissue-certs demo demo-replicas local-start local-run local-run-verbose local-stop local-status metrics \
+.PHONY: help install init access rotate-credentials reissue-certs demo demo-replicas local-start local-run local-run-verbose local-stop local-status metrics prometheus \
         test test-unit test-e2e test-docker runtime-tests lint docs bench clean \
         build base-image start start-replicas run-increments stop run run-verbose logs status \
         verify inspect backup restore rotate-key migrate-state
@@ -96,6 +96,15 @@ local-status: install ## Show whether the local processes run
 
 metrics: install ## Each local node's /metrics URL (loopback), then a summary: operations, latency, sizes, key and backup age, refusals
 	@$(ADMIN) metrics
+
+# Debian's prometheus package, scraping the nodes the local launcher lists in
+# run/prometheus-targets.json; its data in run/prometheus (docs/metrics.md).
+PROMETHEUS_PORT ?= 9090
+prometheus: ## Run Prometheus (Debian's package) in the foreground on 127.0.0.1:PROMETHEUS_PORT: the local nodes, config/prometheus's rules and alerts
+	@command -v prometheus >/dev/null || { echo "prometheus: error: not installed; install Debian's package: apt-get install prometheus" >&2; exit 2; }
+	@mkdir -p -m 700 run
+	prometheus --config.file=config/prometheus/prometheus.yml --storage.tsdb.path=run/prometheus \
+	  --web.listen-address=127.0.0.1:$(PROMETHEUS_PORT)
 
 # ---------------------------------------------------------------- docker compose
 define need_compose
@@ -250,7 +259,7 @@ test-docker: install ## Drive the compose flow against a real Docker engine (PYT
 	PYTHON_IMAGE=$(PYTHON_IMAGE) $(PY) -m pytest -m docker $(PYTEST_ARGS)
 
 LINTED := src tests client scripts bench
-GENERATED_DOCS := README.md docs/operations.md docs/metrics.md
+GENERATED_DOCS := README.md docs/operations.md docs/metrics.md docs/architecture.md
 lint: install ## ruff (lint and format), mypy (strict on src/), the wings' layering contract
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
@@ -266,8 +275,8 @@ RUNTIME_REPO ?=
 runtime-tests: $(TEST_PREREQS) ## The runtime's storage tests on memory, encrypted-sqlite and encrypted-postgres (RUNTIME_REPO=<clone>; slow, not in CI)
 	$(PY) scripts/runtime_storage_tests.py --runtime-repo "$(RUNTIME_REPO)" $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
 
-bench: install ## Benchmark: ours vs the runtime's provider, the relay floor, the upstream-shaped agent (ratios, one run; PROFILE=1: where a call's CPU time goes)
-	$(PY) bench/$(if $(filter 1 yes true,$(PROFILE)),profile,run).py $(BENCH_ARGS)
+bench: install ## Benchmark: ours vs the runtime's provider, the relay floor, the upstream-shaped agent, metrics on vs off (ratios, one run; ONLY=metrics: that part alone; PROFILE=1: where a call's CPU time goes)
+	$(PY) bench/$(if $(filter 1 yes true,$(PROFILE)),profile,$(if $(filter metrics,$(ONLY)),metrics_cost,run)).py $(BENCH_ARGS)
 
 CLEANED := data run config/.env.sentinel config/.env.agent config/.env.client config/master.key \
            config/master.key.next config/access $(PG_PASSWORD_FILE)

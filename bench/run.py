@@ -9,7 +9,9 @@ issuer, the project CA pinned), beside one with PERSISTENT_AGENT_FABRIC_SECURITY
 =off and a relay floor both with and without TLS, so that each is measured
 against the floor that pays for what it does.
 
-    python bench/run.py [--quick] [--out bench-results]
+Last, the cost of metrics on and off (bench/metrics_cost.py), in a section of its own.
+
+    python bench/run.py [--quick] [--out bench-results] [--metrics-rounds 9]
 """
 
 from __future__ import annotations
@@ -161,8 +163,12 @@ def access_material() -> Path:
     return access_dir(root)
 
 
-def _nodes(root: Path, profile: str, secure: bool = True) -> Any:
-    """An initialised stack under *root*; *secure* False is the loopback opt-out."""
+def _nodes(root: Path, profile: str, secure: bool = True, metrics: bool | None = None) -> Any:
+    """An initialised stack under *root*; *secure* False is the loopback opt-out.
+
+    *metrics*: whether its nodes serve /metrics (None: LocalNodes' default, on
+    unless PERSISTENT_AGENT_LOCAL_METRICS=off).
+    """
     from persistent_agent.access.project import access_dir
     from persistent_agent.demo.local_nodes import LocalNodes, free_port
     from persistent_agent.ops import config_files
@@ -173,7 +179,7 @@ def _nodes(root: Path, profile: str, secure: bool = True) -> Any:
         shutil.copy(example, config / example.name)
     config_files.init(config, root / "data")
     shutil.copytree(access_material(), access_dir(config), dirs_exist_ok=True)
-    return LocalNodes(
+    nodes = LocalNodes(
         config,
         root / "data",
         root / "run",
@@ -182,6 +188,9 @@ def _nodes(root: Path, profile: str, secure: bool = True) -> Any:
         secure=secure,
         extra_env={"FAME_STORAGE_PROFILE": profile, "FAME_LOG_LEVEL": "critical"},
     )
+    if metrics is not None:
+        nodes.metrics = metrics
+    return nodes
 
 
 def client_env(nodes: Any) -> None:
@@ -540,6 +549,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer operations (smoke run)")
     parser.add_argument("--out", type=Path, default=REPO / "bench-results")
+    parser.add_argument(
+        "--metrics-rounds",
+        type=int,
+        default=9,
+        help="rounds of the metrics on/off section (bench/metrics_cost.py); 0 leaves it out",
+    )
     args = parser.parse_args()
 
     access_material()  # first: the CA this process pins, before aiohttp is imported
@@ -553,6 +568,19 @@ def main() -> int:
     shared = bench_shared(args.quick, lambda root: _nodes(root, SECURED), client_env)
     startup = bench_startup()
     report = table(storage, rpc, startup) + "\n\n" + shared_table(shared, rpc)
+    metrics: dict[str, Any] = {}
+    if args.metrics_rounds > 0:  # last, its own section: the tables above stay as they were
+        import metrics_cost
+
+        started = metrics_cost.load_line()
+        figures = metrics_cost.run_all(
+            lambda root, on: _nodes(root, SECURED, metrics=on),
+            client_env,
+            args.metrics_rounds,
+            args.quick,
+        )
+        metrics = {"started": started, **metrics_cost.summary(figures)}
+        report += "\n\n" + metrics_cost.table(figures, f"{started}; {args.metrics_rounds} rounds")
     print(report)
 
     from importlib.metadata import version
@@ -571,6 +599,7 @@ def main() -> int:
         "rpc": rpc,
         "shared_state": shared,
         "startup_s": startup,
+        "metrics_on_off": metrics,
     }
     (args.out / f"bench-{stamp}.json").write_text(json.dumps(doc, indent=2))
     (args.out / "latest.md").write_text(report + "\n")

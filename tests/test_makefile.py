@@ -35,6 +35,7 @@ NEEDS: dict[str, set[str]] = {
     "local-stop": {"install"},
     "local-status": {"install"},
     "metrics": {"install"},
+    "prometheus": set(),
     "base-image": set(),
     "build": set(),
     "start": {"init"},

@@ -38,7 +38,9 @@ are side by side and import neither the other), then the agent's entry point.
   ``storage.shared_state``: the state replicas share in PostgreSQL, encrypted;
   ``storage.shared_provider``: a replica's own files plus the shared state;
   ``storage.events``: the storage-events hook (observations, change records);
-  ``storage.registry``: the backends by profile name, loaded when chosen.
+  ``storage.registry``: the backends by profile name, loaded when chosen; it
+  lists every backend's module, so a backend added there is listed by it, not
+  here (docs/architecture.md's backends table is generated from it).
 - ``metrics/``: what an operator can see of storage, keys and access.
   ``metrics.series``: every series declared once (the docs table);
   ``metrics.instruments``: its counters and histograms, in one registry;

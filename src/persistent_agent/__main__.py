@@ -1,10 +1,11 @@
 """Entry point: the persistent-agent node, serving PersistentAgent at storage@fame.fabric.
 
-With the shared state (``encrypted-postgres``) the node is one of several
-replicas: it asks for the wildcard logical ``*.fame.fabric``, so the
-sentinel pools every replica under ``storage@fame.fabric`` instead of letting
-the last one to attach replace the others. Each replica needs a node id of its
-own that stays the same across restarts (``FAME_NODE_ID``).
+On a backend its replicas share (``storage.registry``: an entry with ``shared``,
+such as ``encrypted-postgres``) the node is one of several replicas: it asks
+for the wildcard logical ``*.fame.fabric``, so the sentinel pools every
+replica under ``storage@fame.fabric`` instead of letting the last one to
+attach replace the others. Each replica needs a node id of its own that stays
+the same across restarts (``FAME_NODE_ID``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ POOLED_LOGICAL = "*.fame.fabric"
 
 def node_config() -> dict[str, Any]:
     """The SDK's node config, admitted with the agent's credential (access/fabric.py);
-    a replica of the shared state joins the pool."""
+    a replica of a shared backend (``serving.shared_state``) joins the pool."""
     config = fabric.node_config()
     if serving.shared_state():
         config["node"]["requested_logicals"] = [POOLED_LOGICAL]

@@ -31,6 +31,17 @@ def test_both_nodes_serve_their_storage_and_the_agent_its_calls(nodes: LocalNode
     for _ in range(RUNS):
         result = run_client(nodes)
         assert result.returncode == 0, result.stderr
+    # A call is counted once its answer is sent: the client may have its answer
+    # (and exit) a moment before the agent counts it.
+    calls = "persistent_agent_rpc_calls_total"
+    wait_until(
+        lambda: (
+            total(samples(scrape(str(urls["agent"]))), calls, operation="store_value")
+            - total(before, calls, operation="store_value")
+            == RUNS
+        ),
+        "every call of the runs counted",
+    )
     agent = samples(scrape(str(urls["agent"])))
     sentinel = samples(scrape(str(urls["sentinel"])))
 
@@ -42,7 +53,6 @@ def test_both_nodes_serve_their_storage_and_the_agent_its_calls(nodes: LocalNode
     assert grew(ops, namespace="agent_state", operation="set", outcome="ok") == RUNS
     assert grew(ops, namespace="agent_state", outcome="error") == 0
     for operation in ("store_value", "retrieve_value"):
-        calls = "persistent_agent_rpc_calls_total"
         assert grew(calls, operation=operation, outcome="ok") == RUNS, operation
     # The histogram counts what the counter counts.
     assert total(

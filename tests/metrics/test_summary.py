@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from persistent_agent.errors import WrongKeyError
 from persistent_agent.metrics.instruments import Instruments
+from persistent_agent.metrics.listener import StorageMetrics
 from persistent_agent.metrics.summary import quantile, summary
+from persistent_agent.storage import events
 
 
 def test_quantiles_interpolate_within_a_bucket_as_prometheus_does() -> None:
@@ -24,10 +28,12 @@ def test_quantiles_interpolate_within_a_bucket_as_prometheus_does() -> None:
 def test_the_summary_counts_operations_calls_and_refusals() -> None:
     registry = CollectorRegistry()
     counted = Instruments(registry)
-    for _ in range(4):
-        counted.operations.labels("agent_state", "set", "ok").inc()
-        counted.operation_seconds.labels("agent_state", "set", "ok").observe(0.0002)
-    counted.failures.labels("agent_state", "get", "decrypt").inc()
+    storage = StorageMetrics(counted)
+    for _ in range(3):
+        storage.observed(events.Observation("set", "agent_state", 0.0002, "ok"))
+    storage.observed(
+        events.Observation("get", "agent_state", 0.0002, "error", WrongKeyError(Path("x.db")))
+    )
     counted.rpc_calls.labels("store_value", "ok").inc()
     counted.rpc_seconds.labels("store_value", "ok").observe(0.002)
     counted.refusals.labels("revoked").inc(2)

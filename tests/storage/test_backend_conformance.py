@@ -2,16 +2,21 @@
 
 The SQLCipher backend runs on real files under tmp_path, the PostgreSQL one on
 the session's real server (a fresh database per test). A new backend adds one
-entry to ``BACKENDS`` and one branch to ``_harness`` (docs/extending.md), and
-must pass everything here unchanged.
+entry to ``BACKENDS`` and one branch to ``harness`` (docs/extending.md), and
+must pass everything here unchanged: the ``StoredTables`` part too (what
+backup, restore and rotate-key need), for which its harness says how to open
+its storage as the tools do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +25,15 @@ import psycopg
 import pytest
 
 from persistent_agent.demo.postgres_server import PostgresServer
-from persistent_agent.errors import PersistentAgentError, SharedStateConflictError
+from persistent_agent.errors import (
+    PersistentAgentError,
+    ServicesRunningError,
+    SharedStateConflictError,
+)
 from persistent_agent.keys.custody import KeySource
-from persistent_agent.keys.master_key import MasterKey
+from persistent_agent.keys.master_key import MasterKey, generate_master_key, parse_master_key
 from persistent_agent.node.state import TransactionalAgent, VersionedAgentState
+from persistent_agent.ops import shared_tools
 from persistent_agent.storage import database, layout
 from persistent_agent.storage.backend import (
     BackendKeyValueStore,
@@ -32,6 +42,7 @@ from persistent_agent.storage.backend import (
     Request,
     Row,
     StateBackend,
+    StoredTables,
     VersionedStore,
 )
 from persistent_agent.storage.shared_state import SharedState
@@ -40,6 +51,10 @@ from persistent_agent.storage.sqlcipher_backend import SQLCipherBackend
 from ..conftest import pg_dump
 
 BACKENDS = ["sqlcipher", "postgres"]
+# All but these are StoredTables too, as backup, restore and rotate-key need: the
+# SQLCipher backend is the node's own files, which those tools handle as files.
+NOT_STORED_TABLES = {"sqlcipher"}
+STORED_TABLES = [name for name in BACKENDS if name not in NOT_STORED_TABLES]
 NS = "alpha"
 OTHER = "beta"
 SECRET = "conformance-secret-6b1d"  # noqa: S105 - a value to look for
@@ -54,6 +69,14 @@ class Harness:
     tamper: Callable[[], None]  # alter stored rows behind the backend's back
     raw: Callable[[], bytes]  # everything the storage holds, as it holds it
     backend: StateBackend | None = None
+    # A StoredTables backend's harness says, for that part of the suite, how to open
+    # as the operator tools do (no replica's lock): this storage with a key of the
+    # test's choosing; another storage of the same kind, empty at first (the same
+    # one on every call), with the test's key; and a node writing to this storage,
+    # which writers_stopped must see (None if the backend cannot tell).
+    with_key: Callable[[KeySource], Awaitable[StateBackend]] | None = None
+    elsewhere: Callable[[], Awaitable[StateBackend]] | None = None
+    writer: Callable[[], Awaitable[StateBackend]] | None = None
 
     async def open(self) -> StateBackend:
         await self.close()
@@ -84,11 +107,28 @@ def _sqlcipher(db_dir: Path, master_key: MasterKey) -> Harness:
     return Harness("sqlcipher", opener, tamper, raw)
 
 
-def _postgres(postgres: PostgresServer, dsn: str, master_key: MasterKey) -> Harness:
+def _postgres(postgres: PostgresServer, dsn: str, other: str, master_key: MasterKey) -> Harness:
+    """*other*: the name of the database ``elsewhere`` opens (made on first use)."""
+
     async def opener() -> StateBackend:
         return await SharedState.open(
             dsn, postgres.password(), KeySource.local(master_key), hold_replica_lock=False
         )
+
+    async def with_key(source: KeySource) -> StateBackend:
+        return await SharedState.open(dsn, postgres.password(), source, hold_replica_lock=False)
+
+    made: list[str] = []
+
+    async def elsewhere() -> StateBackend:
+        if not made:
+            made.append(postgres.create_database(other, fresh=True))
+        return await SharedState.open(
+            made[0], postgres.password(), KeySource.local(master_key), hold_replica_lock=False
+        )
+
+    async def writer() -> StateBackend:
+        return await SharedState.open(dsn, postgres.password(), KeySource.local(master_key))
 
     def tamper() -> None:
         with psycopg.connect(dsn, password=postgres.password(), autocommit=True) as conn:
@@ -97,7 +137,7 @@ def _postgres(postgres: PostgresServer, dsn: str, master_key: MasterKey) -> Harn
     def raw() -> bytes:
         return pg_dump(postgres, dsn).encode()
 
-    return Harness("postgres", opener, tamper, raw)
+    return Harness("postgres", opener, tamper, raw, None, with_key, elsewhere, writer)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -107,8 +147,12 @@ async def harness(
     if request.param == "sqlcipher":
         made = _sqlcipher(tmp_path / "db", master_key)
     else:
+        other = "t_" + hashlib.sha256(f"{request.node.nodeid}/b".encode()).hexdigest()[:16]
         made = _postgres(
-            request.getfixturevalue("postgres"), request.getfixturevalue("shared_dsn"), master_key
+            request.getfixturevalue("postgres"),
+            request.getfixturevalue("shared_dsn"),
+            other,
+            master_key,
         )
     await made.open()
     yield made
@@ -325,6 +369,163 @@ async def test_all_rows_and_row_count_cover_every_namespace(backend: StateBacken
         Row(NS, "c", '"c"', 1),
         Row(OTHER, "z", '"z"', 1),
     ]
+
+
+# ---------------------------------------------------------------- backup, restore, rotate-key
+#
+# What the operator tools need of a StoredTables backend (ops/shared_tools.py),
+# each against its storage opened as the tools open it.
+
+
+def _stored_tables(harness: Harness, backend: StateBackend) -> StoredTables:
+    assert isinstance(backend, StoredTables), f"{harness.name}: backup would refuse it"
+    assert harness.with_key is not None and harness.elsewhere is not None
+    return backend
+
+
+stored_tables = pytest.mark.parametrize("harness", STORED_TABLES, indirect=True)
+
+
+def _tables(backend: StateBackend) -> StoredTables:
+    assert isinstance(backend, StoredTables)
+    return backend
+
+
+async def _opens(opener: Awaitable[StateBackend]) -> None:
+    await (await opener).close()
+
+
+async def _until_writers(tables: StoredTables, *, running: bool) -> ServicesRunningError | None:
+    """Wait until writers_stopped() refuses (*running*) or is held (not *running*): a
+    node may take or drop its hold in the background (PostgreSQL: a task and a
+    connection of its own). The refusal, if one."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            async with tables.writers_stopped():
+                pass
+        except ServicesRunningError as refused:
+            if running:
+                return refused
+        else:
+            if not running:
+                return None
+        assert time.monotonic() < deadline, f"running={running} never seen by writers_stopped"
+        await asyncio.sleep(0.05)
+
+
+@stored_tables
+async def test_stored_records_load_into_an_empty_backend(
+    harness: Harness, backend: StateBackend, master_key: MasterKey
+) -> None:
+    """A backup's round trip: stored() as backup writes it (JSON; bytes as hex,
+    datetimes as text), load()ed into an empty backend of the kind, replacing the
+    keyring that opening it made; reopened with the key, it reads every row back."""
+    _stored_tables(harness, backend)
+    assert harness.with_key is not None and harness.elsewhere is not None
+    await _fill(backend)
+    assert await backend.write(NS, "n", "1", 0, Request("req-b", '"r"', "digest-b"))
+    expected = await backend.all_rows()
+    await harness.close()
+    tool = await harness.with_key(KeySource.local(master_key))
+    try:
+        source = _tables(tool)
+        async with contextlib.aclosing(source.stored()) as records:
+            stored = [(table, values) async for table, values in records]
+        tables, rows_table = list(source.tables), source.rows_table
+    finally:
+        await tool.close()
+    assert {table for table, _ in stored} <= set(tables) and stored[0][0] == tables[0]
+    assert sum(table == rows_table for table, _ in stored) == len(expected)
+    kept = json.loads(
+        json.dumps([[t, [shared_tools._encode(v) for v in values]] for t, values in stored])
+    )
+    target = await harness.elsewhere()
+    try:
+        assert await target.row_count() == 0  # empty, with a keyring of its own
+        await _tables(target).load(
+            (table, [shared_tools._decode(v) for v in values]) for table, values in kept
+        )
+    finally:
+        await target.close()
+    restored = await harness.elsewhere()
+    try:
+        assert await restored.all_rows() == expected
+        assert await restored.read(NS, "a") == Row(NS, "a", '"a2"', 2)
+        assert await restored.request_record("req-b", NS) == RecordedRequest('"r"', "digest-b")
+        assert await restored.write(NS, "a", '"a3"', 2)
+    finally:
+        await restored.close()
+
+
+@stored_tables
+async def test_rewrap_moves_the_keys_to_the_new_master_key(
+    harness: Harness, backend: StateBackend, master_key: MasterKey
+) -> None:
+    """After rewrap(old, new) the backend opens with the new key and reads its rows;
+    the old key is refused, in one line."""
+    _stored_tables(harness, backend)
+    assert harness.with_key is not None
+    assert await backend.write(NS, "k", f'"{SECRET}"', 0)
+    await harness.close()
+    old = KeySource.local(master_key)
+    new = KeySource.local(parse_master_key(generate_master_key()))
+    with pytest.raises(PersistentAgentError):  # not yet
+        await _opens(harness.with_key(new))
+    tool = await harness.with_key(old)
+    try:
+        assert await _tables(tool).rewrap(old.wrapper, new.wrapper) >= 1
+    finally:
+        await tool.close()
+    moved = await harness.with_key(new)
+    try:
+        assert await moved.read(NS, "k") == Row(NS, "k", f'"{SECRET}"', 1)
+        assert await _tables(moved).rewrap(old.wrapper, new.wrapper) >= 1  # again: a no-op
+    finally:
+        await moved.close()
+    with pytest.raises(PersistentAgentError) as refused:
+        await _opens(harness.with_key(old))
+    assert "\n" not in str(refused.value) and SECRET not in str(refused.value)
+    await _opens(harness.with_key(new))
+
+
+@stored_tables
+async def test_writers_stopped_refuses_while_a_node_writes(
+    harness: Harness, backend: StateBackend, master_key: MasterKey
+) -> None:
+    """writers_stopped() is held when no node runs against the backend; while one
+    does it refuses in one line, and so do rewrap and load, changing nothing."""
+    _stored_tables(harness, backend)
+    assert harness.with_key is not None
+    if harness.writer is None:
+        pytest.skip(f"{harness.name} cannot tell whether a node writes to it")
+    assert await backend.write(NS, "k", '"v"', 0)
+    await harness.close()
+    source = KeySource.local(master_key)
+    new = KeySource.local(parse_master_key(generate_master_key()))
+    tool = await harness.with_key(source)
+    try:
+        async with _tables(tool).writers_stopped():
+            pass  # nobody writes
+        node = await harness.writer()
+        try:
+            running = await _until_writers(_tables(tool), running=True)
+            assert running is not None and str(running) and "\n" not in str(running)
+            with pytest.raises(ServicesRunningError):
+                await _tables(tool).rewrap(source.wrapper, new.wrapper)
+            with pytest.raises(ServicesRunningError):
+                await _tables(tool).load([])
+            assert await node.read(NS, "k") == Row(NS, "k", '"v"', 1)
+        finally:
+            await node.close()
+        await _until_writers(_tables(tool), running=False)  # its hold went with it
+    finally:
+        await tool.close()
+    unchanged = await harness.with_key(source)  # the refused rewrap moved nothing
+    try:
+        assert await unchanged.read(NS, "k") == Row(NS, "k", '"v"', 1)
+    finally:
+        await unchanged.close()
 
 
 # ---------------------------------------------------------------- errors

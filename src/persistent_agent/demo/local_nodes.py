@@ -14,6 +14,7 @@ agent has that name) would shadow the package.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -52,6 +53,9 @@ ATTACH_PATH = "/fame/v1/attach/ws/downstream"
 DEFAULT_ISSUER_PORT = settings.ISSUER_PORT.default
 # Set for every process started here (see the module's docstring).
 SAFE_PATH_VAR = settings.PYTHONSAFEPATH.name
+# The running nodes' /metrics addresses, labelled by role, in Prometheus'
+# file_sd format: config/prometheus/prometheus.yml reads it (docs/metrics.md).
+TARGETS_FILE = "prometheus-targets.json"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -145,6 +149,26 @@ class LocalNodes:
             return None
         return f"http://127.0.0.1:{port}/metrics" if self.pid(role) is not None else None
 
+    def targets_file(self) -> Path:
+        return self.run_dir / TARGETS_FILE
+
+    def write_targets(self) -> None:
+        """Rewrite the file_sd targets file: one entry per running node that serves
+        /metrics, labelled ``role``. Replaced whole, so Prometheus never reads half."""
+        targets = []
+        for role in STORAGE_ROLES:
+            try:
+                port = int(self.metrics_port_file(role).read_text())
+            except (OSError, ValueError):
+                continue
+            if self.pid(role) is not None:
+                targets.append({"targets": [f"127.0.0.1:{port}"], "labels": {"role": role}})
+        if not targets and not self.targets_file().exists():
+            return
+        partial = self.run_dir / f".{TARGETS_FILE}.partial"
+        partial.write_text(json.dumps(targets, indent=2) + "\n")
+        partial.replace(self.targets_file())
+
     def env(self, role: str) -> dict[str, str]:
         """The process environment for *role*: its env file, pointed at loopback and data/.
 
@@ -182,10 +206,15 @@ class LocalNodes:
 
         A pid file holds the pid and the module it runs; the pid counts only
         while a live process with that pid still runs that module, so a
-        recycled pid is never signalled.
+        recycled pid is never signalled. A child this object started and has not
+        reaped is ours whatever its command line says: for an instant after it
+        starts, the kernel shows that line empty.
         """
         try:
             pid_text, module = self.pid_file(role).read_text().split()
+            child = self._children.get(int(pid_text))
+            if child is not None and child.poll() is None:
+                return child.pid
             process = psutil.Process(int(pid_text))
             alive = process.status() != psutil.STATUS_ZOMBIE
             ours = module in process.cmdline()
@@ -230,6 +259,7 @@ class LocalNodes:
             )
         self._children[process.pid] = process
         self.pid_file(role).write_text(f"{process.pid} {module}\n")
+        self.write_targets()
         return process
 
     def start(self, role: str, timeout: float = 120.0, module: str | None = None) -> int:
@@ -250,6 +280,7 @@ class LocalNodes:
             if code is not None:
                 self._children.pop(process.pid, None)
                 self.pid_file(role).unlink(missing_ok=True)
+                self.write_targets()
                 raise LocalNodeError(
                     f"{role} exited with code {code}: {self.last_line(role)} "
                     f"(log: {self.log_file(role)})"
@@ -292,6 +323,7 @@ class LocalNodes:
         self.pid_file(role).unlink(missing_ok=True)
         if pid is None:
             return False
+        self.write_targets()  # Prometheus stops scraping it: a stop, not an outage
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         deadline = time.monotonic() + timeout
@@ -315,6 +347,7 @@ class LocalNodes:
         code = child.wait(timeout)
         del self._children[child.pid]
         self.pid_file(role).unlink(missing_ok=True)
+        self.write_targets()
         return code
 
     def kill(self, role: str) -> bool:

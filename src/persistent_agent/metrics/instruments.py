@@ -13,15 +13,11 @@ from persistent_agent.metrics import series
 
 
 class Instruments:
-    """What the storage listener, the agent's calls and the sentinel's refusals count."""
+    """What the agent's calls and the sentinel's refusals count (the storage listener
+    keeps its own tallies, collected into this registry)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
-        self.operations = _counter(series.STORAGE_OPERATIONS, registry)
-        self.operation_seconds = _histogram(
-            series.STORAGE_OPERATION_SECONDS, registry, series.STORAGE_BUCKETS
-        )
-        self.failures = _counter(series.STORAGE_FAILURES, registry)
+        self.registry = registry  # the storage series: listener.StorageMetrics collects them
         self.rpc_calls = _counter(series.RPC_CALLS, registry)
         self.rpc_seconds = _histogram(series.RPC_SECONDS, registry, series.RPC_BUCKETS)
         self.refusals = _counter(series.REFUSALS, registry)

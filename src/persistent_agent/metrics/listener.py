@@ -13,7 +13,10 @@ error text becomes a label.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from persistent_agent.errors import (
@@ -25,6 +28,7 @@ from persistent_agent.errors import (
     StorageUnavailableError,
     WrongKeyError,
 )
+from persistent_agent.metrics import series
 from persistent_agent.metrics.instruments import Instruments
 from persistent_agent.storage import events
 
@@ -75,25 +79,53 @@ class Namespaces:
 
 
 class StorageMetrics(events.StorageListener):
-    """Counts and times every storage operation; register it with :func:`events.listen`."""
+    """Counts and times every storage operation; register it with :func:`events.listen`.
+
+    It is also the collector of the storage series: an operation adds to plain
+    tallies (no lock, no prometheus-client call on the storage path), and a
+    scrape reads them (:meth:`collect`). Only the event loop that runs the
+    stores adds; a scrape, on the endpoint's thread, copies what it reads.
+    """
 
     def __init__(self, instruments: Instruments, namespaces: Namespaces | None = None) -> None:
-        self._instruments = instruments
         self.namespaces = namespaces or Namespaces()
-        # (namespace label, operation, outcome) -> (counter child, histogram child)
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._bounds = series.STORAGE_BUCKETS
+        # (namespace label, operation, outcome) -> [count, sum of seconds, per-bucket counts]
+        self._tallies: dict[tuple[str, str, str], list[Any]] = {}
+        # (namespace label, operation, kind) -> count
+        self._failures: dict[tuple[str, str, str], int] = {}
+        instruments.registry.register(self)
 
     def observed(self, event: events.Observation) -> None:
         namespace = self.namespaces.label(event.namespace)
         key = (namespace, event.operation, event.outcome)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (
-                self._instruments.operations.labels(*key),
-                self._instruments.operation_seconds.labels(*key),
-            )
-        children[0].inc()
-        children[1].observe(event.duration)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = [0, 0.0, [0] * (len(self._bounds) + 1)]
+        tally[0] += 1
+        tally[1] += event.duration
+        tally[2][bisect.bisect_left(self._bounds, event.duration)] += 1
         if event.error is not None:
-            kind = failure_kind(event.error)
-            self._instruments.failures.labels(namespace, event.operation, kind).inc()
+            failed = (namespace, event.operation, failure_kind(event.error))
+            self._failures[failed] = self._failures.get(failed, 0) + 1
+
+    def describe(self) -> list[Any]:
+        return []  # no families until collected: a registry need not scrape to register us
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        operations = series.STORAGE_OPERATIONS
+        seconds = series.STORAGE_OPERATION_SECONDS
+        failures = series.STORAGE_FAILURES
+        counts = CounterMetricFamily(operations.family, operations.help, labels=operations.labels)
+        timed = HistogramMetricFamily(seconds.family, seconds.help, labels=seconds.labels)
+        failed = CounterMetricFamily(failures.family, failures.help, labels=failures.labels)
+        bounds = [*(f"{bound}" for bound in self._bounds), "+Inf"]
+        for key, (count, total, per_bucket) in list(self._tallies.items()):
+            counts.add_metric(key, count)
+            cumulative = list(itertools.accumulate(list(per_bucket)))
+            timed.add_metric(key, list(zip(bounds, cumulative, strict=True)), total)
+        for key, count in list(self._failures.items()):
+            failed.add_metric(key, count)
+        yield from (counts, timed, failed)

@@ -104,8 +104,13 @@ def check_storage() -> None:
 
 
 def shared_state() -> bool:
-    """Whether this node keeps the agent's state in PostgreSQL (``encrypted-postgres``)."""
-    return settings.FAME_STORAGE_PROFILE.raw() == settings.SHARED_STATE_PROFILE
+    """Whether this node keeps the agent's state in a backend its replicas share
+    (``storage.registry``: an entry with ``shared``, such as ``encrypted-postgres``),
+    so that it joins the agent's pool."""
+    from persistent_agent.storage import registry
+
+    found = registry.entry(settings.FAME_STORAGE_PROFILE.raw() or "")
+    return found is not None and found.shared
 
 
 def log_level() -> str:

@@ -78,9 +78,12 @@ def shared_config(config_dir: Path) -> SharedConfig | None:
     for profile in registry.profiles():
         entry = registry.BACKENDS[profile]
         own = entry.values()
-        # The backend's first setting in the tools' own environment selects it
-        # too (replicas configured elsewhere); its values there win.
-        if declared.FAME_STORAGE_PROFILE.raw(values) != profile and not own[entry.names()[0]]:
+        # FAME_STORAGE_PROFILE in the env file selects it; so does its first setting,
+        # if it has any, in the tools' own environment (replicas configured
+        # elsewhere). Its values there win.
+        names = entry.names()
+        chosen = declared.FAME_STORAGE_PROFILE.raw(values) == profile
+        if not chosen and not (names and own[names[0]]):
             continue
         settings = {}
         for name, value in entry.values(values).items():
