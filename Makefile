@@ -249,7 +249,7 @@ UNIT_TIER := not (e2e or docker or postgres or slow or bench)
 test: $(TEST_PREREQS) ## Run every test but Docker's: unit, slow, PostgreSQL and end-to-end (CI runs this)
 	$(PY) -m pytest -m "not docker" $(PYTEST_ARGS)
 
-test-unit: $(TEST_PREREQS) ## The fast tier, about a minute: no nodes, PostgreSQL, Docker or tests marked slow
+test-unit: $(TEST_PREREQS) ## The fast tier, about 30 s: no nodes, PostgreSQL, Docker or tests marked slow
 	$(PY) -m pytest -m "$(UNIT_TIER)" $(PYTEST_ARGS)
 
 test-e2e: $(TEST_PREREQS) ## Run only the end-to-end tests (real sentinel and agent processes)

@@ -333,6 +333,7 @@ class LocalNodes:
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.05)
         self.ready_file(role).unlink(missing_ok=True)
+        self.metrics_port_file(role).unlink(missing_ok=True)
         return True
 
     def wait(self, role: str, timeout: float = 120.0) -> int:
