@@ -1,9 +1,10 @@
 """The SDK and runtime internals this project relies on are still there.
 
 Where no public API exists, ``node.state`` uses BaseAgent's private state
-members, ``node.replies`` overrides ``handle_message`` and ``node.serving``
-uses ``profile_discovery``. The packages are pinned to the versions these ran
-against; these tests fail loudly when a bump changes any of those shapes.
+members, ``node.replies`` overrides ``handle_message``, ``node.serving``
+uses ``profile_discovery`` and ``metrics.rpcs`` reads the agent's
+``_rpc_registry``. The packages are pinned to the versions these ran against;
+these tests fail loudly when a bump changes any of those shapes.
 """
 
 from __future__ import annotations
@@ -62,3 +63,12 @@ def test_profile_discovery_takes_a_base_type_and_a_name() -> None:
     """discover_profile(base_type, profile_name) is what the storage preflight calls."""
     params = list(inspect.signature(profile_discovery.discover_profile).parameters)
     assert params == ["base_type", "profile_name"]
+
+
+def test_an_agents_operations_are_in_the_rpc_registry_metrics_read() -> None:
+    """metrics.rpcs labels a call by its method only if the agent declares it: the SDK's
+    class-level ``_rpc_registry`` (method -> handler), what its RPC adapter dispatches by."""
+    from persistent_agent.node.agent import PersistentAgent
+
+    registry = PersistentAgent._rpc_registry
+    assert {"store_value", "retrieve_value", "increment"} <= set(registry)

@@ -54,6 +54,7 @@ class MeteredCalls:
         method = _method(envelope) if recorder is not None else None
         if recorder is None or method is None:
             return await super().handle_message(envelope, context)  # type: ignore[misc]
+        # The SDK's declared operations (no public API; tests/node/test_sdk_contract.py)
         operations = getattr(type(self), "_rpc_registry", {})
         operation = method if method in operations else OTHER
         started = time.perf_counter()
